@@ -1,0 +1,136 @@
+"""Command line: ``hrnet-quanteval <subcommand>`` (also ``python -m hrnet_quanteval``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from . import __version__
+from .errors import EXIT_SIGINT, EXIT_USAGE, QuantEvalError
+
+EXIT_CODES = """exit codes:
+  0    reproduced within tolerance, or no published target applies
+  1    the reproduction check failed
+  2    usage or input error (flags, dataset, checkpoint, results folder)
+  3    environment error (GPU, AIMET, artifacts)
+  130  interrupted (SIGINT); 143 terminated (SIGTERM)
+"""
+
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no")
+
+
+def parse_bool(text: str) -> Optional[bool]:
+    """true/false/1/0/yes/no (any case); ``auto`` is None. The seed's ``type=bool`` made "False" true."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    if word == "auto":
+        return None
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of true, false, 1, 0, yes, no, auto")
+
+
+def _int_at_least(minimum: int, maximum: Optional[int] = None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: it must be {bound}")
+        return value
+
+    return parse
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--use-cuda", type=parse_bool, default=None, metavar="BOOL",
+        help="true/false/1/0/yes/no; default: use a GPU when PyTorch sees one",
+    )
+    parser.add_argument("--batch-size", type=_int_at_least(1, 4096), default=32, help="instances per batch (default 32)")
+    parser.add_argument(
+        "--workers", type=_int_at_least(0, 256), default=default_workers(),
+        help=f"data loader processes (default {default_workers()}; 0 loads in the main process)",
+    )
+    parser.add_argument(
+        "--results-dir", default=os.environ.get("HRNET_QUANTEVAL_RESULTS", "results"),
+        help="where run folders go (default ./results, env HRNET_QUANTEVAL_RESULTS)",
+    )
+    parser.add_argument("--run-id", default=None, help="name of this run's folder (default: timestamp)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hrnet-quanteval",
+        description="Evaluate HRNet-W32 pose models (FP32 and AIMET-quantized) on COCO val2017 keypoints "
+        "and say whether the AIMET Model Zoo's published accuracy is reproduced.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    ev = commands.add_parser(
+        "eval", help="evaluate on COCO val2017 and compare with the published numbers",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument(
+        "--evaluation-dataset", required=True, metavar="DIR",
+        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/",
+    )
+    ev.add_argument("--fp32-checkpoint", metavar="FILE", help="FP32 HRNet-W32 weights (a state dict)")
+    ev.add_argument(
+        "--max-images", type=_int_at_least(1), default=None, metavar="N",
+        help="evaluate only the first N images of the annotation file (quick partial run; no published target)",
+    )
+    _add_run_options(ev)
+
+    sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
+    sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
+    sy.add_argument("--images", type=_int_at_least(1, 100000), default=32, help="number of images (default 32)")
+    sy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    return parser
+
+
+def run_synth(args) -> int:
+    from .synth import generate
+
+    counts = generate(args.directory, images=args.images, seed=args.seed)
+    print(
+        f"wrote {counts['images']} images with {counts['people']} people "
+        f"({counts['crowd']} crowd and {counts['keypointless']} keypoint-less annotations) to {args.directory}"
+    )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: List[str] = ["hrnet-quanteval"] + argv
+    try:
+        if args.command == "eval":
+            from .pipeline import run_eval
+
+            return run_eval(args, command)
+        if args.command == "synth":
+            return run_synth(args)
+    except QuantEvalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE

@@ -1,0 +1,138 @@
+"""COCO val2017 person keypoints with ground-truth boxes: instance selection and 256x192 crops.
+
+Faithful to the reference loader (spec section 2): images in annotation-file order (not sorted), crowd
+annotations dropped, boxes cleaned, non-person and keypoint-less annotations skipped, one sample per kept
+annotation. The crops are returned as uint8; normalisation runs later on the model's device.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .errors import InputError
+from .transforms import HEATMAP_SIZE, box_to_center_scale, clean_bbox, crop_image, crop_matrix
+
+IMAGE_SET = "val2017"
+ANNOTATION_FILE = os.path.join("annotations", f"person_keypoints_{IMAGE_SET}.json")
+IMAGE_DIR = os.path.join("images", IMAGE_SET)
+PERSON_CATEGORY = 1
+NUM_JOINTS = 17
+# left/right joint pairs of COCO (0 is the nose): eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
+FLIP_PAIRS: Tuple[Tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+# OpenCV IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION: 8-bit BGR, EXIF orientation ignored
+IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+
+
+def image_path(root: str, image_id: int) -> str:
+    """Where the reference looks for an image: ``<root>/images/val2017/<12-digit id>.jpg``."""
+    return os.path.join(root, IMAGE_DIR, "%012d.jpg" % image_id)
+
+
+def load_coco(annotation_file: str):
+    """pycocotools COCO object for the annotation file, its progress prints kept off the terminal."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(annotation_file)
+
+
+@dataclass
+class Instances:
+    """The evaluated person samples, in loader order."""
+
+    image_ids: np.ndarray  # (N,) int64
+    paths: List[str]
+    centers: np.ndarray  # (N, 2) f32
+    scales: np.ndarray  # (N, 2) f32
+    annotation_ids: np.ndarray  # (N,) int64
+    evaluated_image_ids: List[int]  # every image visited, in visiting order (also those without persons)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def areas(self) -> np.ndarray:
+        """The crop area used by OKS-NMS: prod(scale * 200) in f32, widened to f64."""
+        s = self.scales * np.float32(200)
+        return (s[:, 0] * s[:, 1]).astype(np.float64)
+
+    def heatmap_to_image(self) -> np.ndarray:
+        """(N, 2, 3) f64 matrices from heatmap pixels back to image pixels."""
+        if not len(self):
+            return np.zeros((0, 2, 3))
+        return np.stack([crop_matrix(c, s, HEATMAP_SIZE, inverse=True) for c, s in zip(self.centers, self.scales)])
+
+
+def select_instances(coco, root: str, max_images: Optional[int] = None) -> Instances:
+    """Samples of the reference COCO loader with GT boxes (spec 2.2-2.4), optionally of the first images only."""
+    image_ids = list(coco.getImgIds())  # annotation-file order, as upstream
+    if max_images is not None:
+        image_ids = image_ids[:max_images]
+    ids, paths, centers, scales, ann_ids = [], [], [], [], []
+    for image_id in image_ids:
+        record = coco.loadImgs(image_id)[0]
+        width, height = record["width"], record["height"]
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
+            box = clean_bbox(ann["bbox"], width, height)
+            if box is None or not ann["area"] > 0:
+                continue
+            if ann["category_id"] != PERSON_CATEGORY or max(ann["keypoints"]) == 0:
+                continue
+            center, scale = box_to_center_scale(*box)
+            ids.append(image_id)
+            paths.append(image_path(root, image_id))
+            centers.append(center)
+            scales.append(scale)
+            ann_ids.append(ann["id"])
+    return Instances(
+        image_ids=np.asarray(ids, dtype=np.int64),
+        paths=paths,
+        centers=np.asarray(centers, dtype=np.float32).reshape(-1, 2),
+        scales=np.asarray(scales, dtype=np.float32).reshape(-1, 2),
+        annotation_ids=np.asarray(ann_ids, dtype=np.int64),
+        evaluated_image_ids=[int(i) for i in image_ids],
+    )
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Decode an image as 8-bit RGB HxWx3, or raise InputError naming the file."""
+    if not os.path.isfile(path):
+        raise InputError(f"image file {path} is missing", "restore it from val2017.zip (images/val2017/)")
+    image = cv2.imread(path, IMREAD_FLAGS)
+    if image is None:
+        size = os.path.getsize(path)
+        raise InputError(
+            f"image file {path} ({size} bytes) cannot be decoded as an image",
+            "replace it with the original from val2017.zip",
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class CropDataset(Dataset):
+    """Instance crops as (3, 256, 192) uint8 tensors with their sample index."""
+
+    def __init__(self, paths: Sequence[str], centers: np.ndarray, scales: np.ndarray) -> None:
+        self.paths = list(paths)
+        self.centers = centers
+        self.scales = scales
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
+        crop = crop_image(read_rgb(self.paths[index]), self.centers[index], self.scales[index])
+        return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))), index
+
+
+def crop_loader(instances: Instances, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    """An unshuffled loader over the instance crops: batch order is sample order."""
+    dataset = CropDataset(instances.paths, instances.centers, instances.scales)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)

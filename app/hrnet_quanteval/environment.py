@@ -1,0 +1,82 @@
+"""What ran the evaluation: interpreter, libraries, device, image stack and source revisions."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from typing import Dict, Optional
+
+import torch
+
+from . import __version__
+
+# Set by the Dockerfile; a local run reports them as absent.
+STACK_ENV = "HRNET_QUANTEVAL_STACK"
+HRNET_COMMIT_ENV = "HRNET_COMMIT"
+GIT_COMMIT_ENV = "HRNET_QUANTEVAL_GIT_COMMIT"
+PATCHES_ENV = "HRNET_PATCHES"
+
+
+def package_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return None
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def git_commit() -> Optional[str]:
+    """The app's source revision: from the image's environment, else from a git checkout around it."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV]
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def stack() -> str:
+    """``legacy`` or ``current`` inside the images, ``local`` elsewhere."""
+    return os.environ.get(STACK_ENV, "local")
+
+
+def device_info(device: torch.device) -> Dict[str, object]:
+    info: Dict[str, object] = {"device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(
+            gpu_name=props.name,
+            gpu_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+        )
+    return info
+
+
+def describe(device: torch.device) -> Dict[str, object]:
+    """Everything report.json records about the environment."""
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    info: Dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "numpy": package_version("numpy"),
+        "opencv": package_version("opencv-python-headless") or package_version("opencv-python"),
+        "pycocotools": package_version("pycocotools"),
+        "aimet": package_version("aimet-torch") or package_version("AimetTorch"),
+        "stack": stack(),
+        "app_version": __version__,
+        "app_git_commit": git_commit(),
+        "hrnet_commit": os.environ.get(HRNET_COMMIT_ENV),
+        "patches_applied": [p for p in os.environ.get(PATCHES_ENV, "").split(",") if p],
+    }
+    info.update(device_info(device))
+    return info

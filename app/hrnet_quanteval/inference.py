@@ -1,0 +1,168 @@
+"""Forward pass with flip test, heatmap decoding and the way back to image coordinates (spec 3.4, 4, 5).
+
+Everything per batch stays on the model's device; only the (B, 17, 3) decoded joints go back to the host.
+The arithmetic is the reference's, operation for operation, so results are bit-identical on one device.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import FLIP_PAIRS
+from .transforms import apply_affine
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class Normalizer:
+    """uint8 RGB NCHW to the float32 network input: x / 255, minus the ImageNet mean, over its std."""
+
+    def __init__(self, device: torch.device) -> None:
+        # A tensor divisor, not the Python scalar 255: CUDA turns division by a CPU scalar into a
+        # multiplication by its reciprocal, which is not bit-identical to the reference's CPU ToTensor.
+        self.divisor = torch.tensor([255.0], dtype=torch.float32, device=device)
+        self.mean = torch.tensor(MEAN, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(STD, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return (batch.to(torch.float32) / self.divisor - self.mean) / self.std
+
+
+def flip_permutation(num_joints: int, pairs: Sequence[Tuple[int, int]] = FLIP_PAIRS) -> list:
+    """Channel order that swaps every left/right pair."""
+    order = list(range(num_joints))
+    for left, right in pairs:
+        order[left], order[right] = right, left
+    return order
+
+
+def flip_back(heatmaps: torch.Tensor, pairs: Sequence[Tuple[int, int]] = FLIP_PAIRS) -> torch.Tensor:
+    """Heatmaps of a mirrored input mapped back: mirror the width axis, swap left/right channels."""
+    return heatmaps.flip(3)[:, flip_permutation(heatmaps.shape[1], pairs)]
+
+
+def shift_right(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Move every column one pixel right; column 0 keeps its own value (the reference's alignment fix)."""
+    shifted = heatmaps.clone()
+    shifted[..., 1:] = heatmaps[..., :-1]
+    return shifted
+
+
+def _last(outputs) -> torch.Tensor:
+    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def flip_test(model: nn.Module, inputs: torch.Tensor, flip: bool = True, shift: bool = True) -> torch.Tensor:
+    """Heatmaps of ``inputs`` averaged with those of the mirrored inputs, as the reference validates."""
+    output = _last(model(inputs))
+    if not flip:
+        return output
+    flipped = flip_back(_last(model(inputs.flip(3))))
+    if shift:
+        flipped = shift_right(flipped)
+    return (output + flipped) * 0.5
+
+
+def max_preds(heatmaps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per joint: (x, y) of the first maximum in row-major order, (0, 0) when the max is <= 0; and the max."""
+    batch, joints, _, width = heatmaps.shape
+    flat = heatmaps.reshape(batch, joints, -1)
+    index = torch.argmax(flat, dim=2)  # first maximal index, like numpy
+    maxvals = torch.amax(flat, dim=2, keepdim=True)
+    x = torch.remainder(index, width).to(torch.float32)
+    y = torch.div(index, width, rounding_mode="floor").to(torch.float32)
+    coords = torch.stack([x, y], dim=2)
+    return coords * (maxvals > 0.0).to(torch.float32), maxvals
+
+
+def refine(coords: torch.Tensor, heatmaps: torch.Tensor) -> torch.Tensor:
+    """Quarter-pixel step toward the higher neighbour, for peaks at least two pixels inside the map."""
+    batch, joints, height, width = heatmaps.shape
+    px = torch.floor(coords[..., 0] + 0.5).long()
+    py = torch.floor(coords[..., 1] + 0.5).long()
+    inside = (px > 1) & (px < width - 1) & (py > 1) & (py < height - 1)
+    # neighbours of clamped indices; the clamp only matters where ``inside`` is False
+    xi = px.clamp(1, width - 2)
+    yi = py.clamp(1, height - 2)
+    flat = heatmaps.reshape(batch, joints, -1)
+
+    def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.gather(flat, 2, (y * width + x).unsqueeze(2)).squeeze(2)
+
+    dx = at(yi, xi + 1) - at(yi, xi - 1)
+    dy = at(yi + 1, xi) - at(yi - 1, xi)
+    step = torch.stack([torch.sign(dx), torch.sign(dy)], dim=2) * 0.25
+    return torch.where(inside.unsqueeze(2), coords + step, coords)
+
+
+def decode(heatmaps: torch.Tensor) -> torch.Tensor:
+    """(B, J, 3) f32 on the heatmaps' device: refined heatmap x, y and the max value per joint."""
+    coords, maxvals = max_preds(heatmaps)
+    return torch.cat([refine(coords, heatmaps), maxvals], dim=2)
+
+
+def to_image(decoded: np.ndarray, matrices: np.ndarray) -> np.ndarray:
+    """(N, J, 3) f32: heatmap coordinates mapped to image pixels (f64 product, stored f32), maxvals kept."""
+    out = np.empty(decoded.shape, dtype=np.float32)
+    out[..., :2] = apply_affine(decoded[..., :2], matrices)
+    out[..., 2] = decoded[..., 2]
+    return out
+
+
+@dataclass
+class StageTimer:
+    """Accumulated wall time per named stage (device work is synchronised before reading the clock)."""
+
+    device: torch.device
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def add(self, stage: str, start: float) -> float:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now
+
+
+def predict(
+    model: nn.Module,
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
+    num_samples: int,
+    matrices: np.ndarray,
+    device: torch.device,
+    flip: bool = True,
+    on_batch: Optional[Callable[[int], None]] = None,
+    timer: Optional[StageTimer] = None,
+) -> np.ndarray:
+    """(N, J, 3) f32 image-space joints and maxvals for every sample, flip test on by default."""
+    normalize = Normalizer(device)
+    timer = timer or StageTimer(device)
+    preds: Optional[np.ndarray] = None
+    model.eval()
+    with torch.no_grad():
+        start = time.perf_counter()
+        for crops, index in batches:
+            start = timer.add("data", start)
+            inputs = normalize(crops.to(device, non_blocking=True))
+            heatmaps = flip_test(model, inputs, flip=flip)
+            start = timer.add("forward", start)
+            decoded = decode(heatmaps).cpu().numpy()
+            rows = index.numpy()
+            if preds is None:
+                preds = np.zeros((num_samples,) + decoded.shape[1:], dtype=np.float32)
+            preds[rows] = to_image(decoded, matrices[rows])
+            start = timer.add("decode", start)
+            if on_batch is not None:
+                on_batch(len(rows))
+    if preds is None:
+        raise ValueError("no samples to evaluate")
+    return preds

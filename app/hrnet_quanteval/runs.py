@@ -1,0 +1,82 @@
+"""Run folders: one per run, never reused, with a status file that says whether the run finished."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Optional, Tuple
+
+from .errors import InputError
+
+STATUS_FILE = "status.json"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write a file so that it exists either complete or not at all (temporary name, fsync, rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def check_writable(results_dir: str) -> None:
+    """Fail before any compute when the results folder cannot be created or written."""
+    try:
+        os.makedirs(results_dir, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=results_dir)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(
+            f"results folder {results_dir} is not writable ({error.strerror or error})",
+            "pass --results-dir with a folder you can write to (in Docker: check the ./results bind mount)",
+        ) from None
+
+
+def create_run_dir(results_dir: str, run_id: Optional[str] = None, label: str = "") -> Tuple[str, str]:
+    """Make ``<results_dir>/<run_id>`` with an exclusive mkdir, so two runs can never share a folder.
+
+    Without ``run_id`` the id is a timestamp plus ``label``, suffixed -2, -3... on collision. An explicit
+    ``run_id`` that exists already is an error: earlier results are never overwritten.
+    """
+    check_writable(results_dir)
+    if run_id is not None:
+        if not run_id or os.sep in run_id or run_id in (".", ".."):
+            raise InputError(f"run id {run_id!r} is not a folder name", "pass --run-id with a plain name")
+        path = os.path.join(results_dir, run_id)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            raise InputError(
+                f"run folder {path} exists already", "pass another --run-id, or leave it out for a fresh one"
+            ) from None
+        mark(path, "running")
+        return run_id, path
+    base = time.strftime("%Y%m%d-%H%M%S") + (f"-{label}" if label else "")
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else f"{base}-{attempt}"
+        path = os.path.join(results_dir, candidate)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        mark(path, "running")
+        return candidate, path
+    raise InputError(f"too many runs named {base} in {results_dir}", "pass --run-id")
+
+
+def mark(run_dir: str, status: str, detail: str = "") -> None:
+    """Record the run's state: running, complete, failed or interrupted."""
+    record = {"status": status, "pid": os.getpid(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if detail:
+        record["detail"] = detail
+    write_atomic(os.path.join(run_dir, STATUS_FILE), json.dumps(record) + "\n")

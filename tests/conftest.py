@@ -1,0 +1,38 @@
+"""Shared fixtures: a synthetic COCO-format set and a small random HRNet, made once per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hrnet_quanteval.model import build_hrnet, tiny_spec
+from hrnet_quanteval.synth import generate
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("synth"))
+    generate(root, images=12, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(1)
+    model = build_hrnet(tiny_spec())
+    path = str(tmp_path_factory.mktemp("ckpt") / "tiny.pth")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def run_cli(*args: str, cwd: str = None, env: dict = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m hrnet_quanteval ARGS`` in a subprocess, output captured as text."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hrnet_quanteval", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
