@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .model import PoseHRNet, build_hrnet, spec_from_state_dict
+from .model import PoseHRNet, build_hrnet, is_folded_state, spec_from_state_dict, to_folded_structure
 
 
 def _torch_load(path: str):
@@ -44,10 +44,12 @@ def load_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 
 def load_hrnet(path: str) -> PoseHRNet:
-    """An HRNet of the shape the checkpoint describes, with its weights loaded strictly."""
+    """An HRNet of the shape the checkpoint describes (BN-folded or not), with its weights loaded strictly."""
     state = load_state_dict(path)
     try:
         model = build_hrnet(spec_from_state_dict(state))
+        if is_folded_state(state):
+            to_folded_structure(model)
         model.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError) as error:
         raise InputError(f"checkpoint {path} is not an HRNet pose model: {error}", "pass an HRNet-W32 checkpoint") from None

@@ -9,6 +9,10 @@ from typing import List, Optional, Sequence
 from . import __version__
 from .errors import EXIT_SIGINT, EXIT_USAGE, QuantEvalError
 
+# selftest defaults live here so `--help` works without importing torch-heavy modules
+DEFAULT_IMAGES = 40
+DEFAULT_SEED = 20191
+
 EXIT_CODES = """exit codes:
   0    reproduced within tolerance, or no published target applies
   1    the reproduction check failed
@@ -69,6 +73,21 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_quant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--default-param-bw", type=_int_at_least(1), default=8, metavar="BITS",
+        help="weight bitwidth: 8 for W8A8, 4 for W4A8 (default 8)",
+    )
+    parser.add_argument(
+        "--default-output-bw", type=_int_at_least(1), default=8, metavar="BITS",
+        help="activation bitwidth (default 8)",
+    )
+    parser.add_argument(
+        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        help="activation encodings from the first N crops in loader order (default 384: the zoo's 12 batches of 32)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrnet-quanteval",
@@ -91,10 +110,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--fp32-checkpoint", metavar="FILE", help="FP32 HRNet-W32 weights (a state dict)")
     ev.add_argument(
+        "--quantized-checkpoint", metavar="FILE",
+        help="BN-folded quantized weights to wrap as they are (the zoo's path); default: fold the FP32 model",
+    )
+    ev.add_argument(
+        "--encodings", metavar="FILE",
+        help="1.22-style weight encodings to load and freeze; default: computed from the weights",
+    )
+    _add_quant_options(ev)
+    which = ev.add_mutually_exclusive_group()
+    which.add_argument("--skip-fp32", action="store_true", help="evaluate only the quantized model")
+    which.add_argument("--fp32-only", action="store_true", help="evaluate only FP32 (no AIMET needed)")
+    ev.add_argument("--export", metavar="DIR", help="also export the quantized model (ONNX + encodings) to DIR")
+    ev.add_argument(
         "--max-images", type=_int_at_least(1), default=None, metavar="N",
         help="evaluate only the first N images of the annotation file (quick partial run; no published target)",
     )
     _add_run_options(ev)
+
+    st = commands.add_parser(
+        "selftest", help="run the whole pipeline on a synthetic set with a model that knows the answer (no COCO needed)",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    st.add_argument(
+        "--images", type=_int_at_least(1, 10000), default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})"
+    )
+    st.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic set seed (default {DEFAULT_SEED})")
+    st.add_argument(
+        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        help="calibration crops for the quantized rows (default 384, capped at the set's size)",
+    )
+    _add_run_options(st)
 
     sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
     sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
@@ -126,6 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_eval(args, command)
         if args.command == "synth":
             return run_synth(args)
+        if args.command == "selftest":
+            from .selftest import run_selftest
+
+            return run_selftest(args, command)
     except QuantEvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -58,6 +58,13 @@ class Instances:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def head(self, count: int) -> "Instances":
+        """The first ``count`` samples in loader order (calibration uses them)."""
+        return Instances(
+            self.image_ids[:count], self.paths[:count], self.centers[:count], self.scales[:count],
+            self.annotation_ids[:count], list(dict.fromkeys(int(i) for i in self.image_ids[:count])),
+        )
+
     @property
     def areas(self) -> np.ndarray:
         """The crop area used by OKS-NMS: prod(scale * 200) in f32, widened to f64."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ __all__ = [
     "pose_hrnet_w32",
     "tiny_spec",
     "spec_from_state_dict",
+    "split_relu_sites",
+    "to_folded_structure",
+    "is_folded_state",
 ]
 
 
@@ -101,7 +104,25 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> List[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)]
 
 
-class BasicBlock(nn.Module):
+class ReluSites:
+    """A module that calls its one ``relu`` at several places, as upstream does.
+
+    Call site k uses ``relu`` itself, or ``relu_<k>`` once ``split_relu_sites`` has given the site a ReLU of
+    its own. AIMET 1.22 wraps the shared module once, so every site shares one quantizer; aimet-torch 2.x
+    needs one module per site (see ``aimet_current``).
+    """
+
+    relu: nn.Module
+
+    def relu_sites(self) -> int:
+        """How many times one forward calls ``relu``."""
+        raise NotImplementedError
+
+    def site(self, k: int) -> nn.Module:
+        return self.relu if k == 0 else getattr(self, f"relu_{k}", self.relu)
+
+
+class BasicBlock(ReluSites, nn.Module):
     """Two 3x3 convolutions with a residual; ``relu`` is called twice."""
 
     def __init__(self, cin: int, planes: int, downsample: Optional[nn.Module] = None) -> None:
@@ -113,15 +134,18 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
+    def relu_sites(self) -> int:
+        return 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.site(0)(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out += residual  # in place, as upstream: the traced graph has the same add op
-        return self.relu(out)
+        return self.site(1)(out)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ReluSites, nn.Module):
     """1x1 -> 3x3 -> 1x1 (x4 channels) with a residual; ``relu`` is called three times."""
 
     def __init__(self, cin: int, planes: int, downsample: Optional[nn.Module] = None) -> None:
@@ -135,13 +159,16 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
 
+    def relu_sites(self) -> int:
+        return 3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.site(0)(self.bn1(self.conv1(x)))
+        out = self.site(1)(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         out += residual
-        return self.relu(out)
+        return self.site(2)(out)
 
 
 def _residual_stack(block: type, cin: int, planes: int, count: int, expansion: int) -> nn.Sequential:
@@ -168,7 +195,7 @@ def _fuse_layer(channels: Sequence[int], i: int, j: int) -> Optional[nn.Module]:
     return nn.Sequential(*steps)
 
 
-class HighResolutionModule(nn.Module):
+class HighResolutionModule(ReluSites, nn.Module):
     """Parallel branches of basic blocks followed by all-to-all fusion; ``relu`` is called once per output."""
 
     def __init__(self, blocks: Sequence[int], channels: Sequence[int], multi_scale_output: bool) -> None:
@@ -182,6 +209,9 @@ class HighResolutionModule(nn.Module):
         )
         self.relu = nn.ReLU(inplace=True)
 
+    def relu_sites(self) -> int:
+        return len(self.fuse_layers)
+
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
         fused = []
@@ -189,7 +219,7 @@ class HighResolutionModule(nn.Module):
             y = xs[0] if i == 0 else row[0](xs[0])
             for j in range(1, len(xs)):
                 y = y + (xs[j] if j == i else row[j](xs[j]))
-            fused.append(self.relu(y))
+            fused.append(self.site(i)(y))
         return fused
 
 
@@ -209,7 +239,7 @@ def _transition(previous: Sequence[int], current: Sequence[int]) -> nn.ModuleLis
     return nn.ModuleList(layers)
 
 
-class PoseHRNet(nn.Module):
+class PoseHRNet(ReluSites, nn.Module):
     """HRNet pose network: (B, 3, H, W) image batch to (B, joints, H/4, W/4) heatmaps."""
 
     def __init__(self, spec: HRNetSpec = W32_SPEC) -> None:
@@ -236,9 +266,12 @@ class PoseHRNet(nn.Module):
             previous[0], spec.num_joints, spec.final_kernel, 1, 1 if spec.final_kernel == 3 else 0
         )
 
+    def relu_sites(self) -> int:
+        return 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.site(0)(self.bn1(self.conv1(x)))
+        x = self.site(1)(self.bn2(self.conv2(x)))
         x = self.layer1(x)
         branches = [t(x) for t in self.transition1]
         branches = self.stage2(branches)
@@ -248,6 +281,46 @@ class PoseHRNet(nn.Module):
             branches = [branches[i] if t is None else t(branches[-1]) for i, t in enumerate(transition)]
             branches = getattr(self, f"stage{number + 1}")(branches)
         return self.final_layer(branches[0])
+
+
+def split_relu_sites(model: nn.Module) -> Dict[str, List[str]]:
+    """Give every further call site of a shared ``relu`` its own ReLU module; returns the groups.
+
+    Each group maps the shared module's name to the names of all its sites (the shared one first).
+    Parameter-free, so state dicts are unchanged.
+    """
+    groups: Dict[str, List[str]] = {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, ReluSites):
+            continue
+        prefix = f"{name}." if name else ""
+        sites = [f"{prefix}relu"]
+        for k in range(1, module.relu_sites()):
+            if not hasattr(module, f"relu_{k}"):
+                setattr(module, f"relu_{k}", nn.ReLU(inplace=True))
+            sites.append(f"{prefix}relu_{k}")
+        if len(sites) > 1:
+            groups[sites[0]] = sites
+    return groups
+
+
+def to_folded_structure(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by Identity and give every conv a (zero) bias, as AIMET's BN folding leaves it.
+
+    A state dict saved after folding then loads strictly. Changes ``model`` in place and returns it.
+    """
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                setattr(module, child_name, nn.Identity())
+            elif isinstance(child, nn.Conv2d) and child.bias is None:
+                child.bias = nn.Parameter(torch.zeros(child.out_channels))
+    return model
+
+
+def is_folded_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """True for the state dict of a BN-folded HRNet: no BN entries, and the stem conv has a bias."""
+    return "conv1.bias" in state and not any(k.endswith("running_mean") for k in state)
 
 
 def build_hrnet(spec: HRNetSpec = W32_SPEC) -> PoseHRNet:

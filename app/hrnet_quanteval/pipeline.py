@@ -1,18 +1,18 @@
-"""The ``eval`` run: checks first, then inference, COCO evaluation and the report, per model."""
+"""A run: checks first, then FP32 and quantized evaluation, then the report. Shared by ``eval`` and ``selftest``."""
 from __future__ import annotations
 
 import hashlib
 import os
 import time
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from . import data, environment, evaluation, report
 from .errors import EnvironmentProblem, InputError
-from .inference import StageTimer, predict
+from .inference import Normalizer, StageTimer, predict
 from .progress import Progress
 from .runs import create_run_dir, mark
 
@@ -93,37 +93,44 @@ def open_dataset(root: str, max_images: Optional[int] = None) -> EvalSet:
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise InputError(
-            f"{len(missing)} of {len(set(instances.paths))} images are missing under {os.path.join(root, data.IMAGE_DIR)}: {shown}",
+            f"{len(missing)} of {len(set(instances.paths))} images are missing under "
+            f"{os.path.join(root, data.IMAGE_DIR)}: {shown}",
             "unpack val2017.zip into images/ so that images/val2017/<12-digit id>.jpg exist",
         )
     return EvalSet(root, annotation_file, coco, instances, max_images)
 
 
+@dataclass
+class RunOptions:
+    batch_size: int = 32
+    workers: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class Outcome:
+    """What the models scored, how long each stage took, and what quantization did."""
+
+    models: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    timer: Optional[StageTimer] = None
+    quantization: Dict[str, object] = field(default_factory=dict)
+
+
 def evaluate_model(
-    name: str,
-    model: nn.Module,
-    evalset: EvalSet,
-    device: torch.device,
-    run_dir: str,
-    batch_size: int,
-    workers: int,
-    quiet: bool = False,
-    timer: Optional[StageTimer] = None,
+    name: str, model: nn.Module, evalset: EvalSet, device: torch.device, run_dir: str,
+    options: RunOptions, timer: StageTimer,
 ) -> Dict[str, float]:
     """Flip-test inference on every instance, results file, COCOeval; returns the ten stats."""
     instances = evalset.instances
-    timer = timer or StageTimer(device)
-    loader = data.crop_loader(instances, batch_size, workers, pin_memory=device.type == "cuda")
-    progress = Progress(len(instances), f"{name} evaluation", quiet=quiet)
+    loader = data.crop_loader(instances, options.batch_size, options.workers, pin_memory=device.type == "cuda")
+    progress = Progress(len(instances), f"{name} evaluation", quiet=options.quiet)
     preds = predict(
         model.to(device), loader, len(instances), instances.heatmap_to_image(), device,
         on_batch=progress.update, timer=timer,
     )
     progress.close()
     start = time.perf_counter()
-    results = evaluation.coco_results(
-        instances.image_ids, preds, instances.centers, instances.scales, instances.areas
-    )
+    results = evaluation.coco_results(instances.image_ids, preds, instances.centers, instances.scales, instances.areas)
     results_file = os.path.join(run_dir, f"keypoints_{name}_results.json")
     evaluation.write_results(results_file, results)
     image_ids = instances.evaluated_image_ids if evalset.max_images is not None else None
@@ -134,53 +141,148 @@ def evaluate_model(
     return stats
 
 
-def run_eval(args, command: Sequence[str]) -> int:
-    """The ``eval`` subcommand: FP32 evaluation of a checkpoint, report and verdict; returns the exit code."""
-    from .checkpoint import load_hrnet
+def calibration(
+    instances: data.Instances, count: int, options: RunOptions, device: torch.device,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> Callable[[nn.Module], None]:
+    """The zoo's calibration callback: forward passes without flip over the first ``count`` crops in loader order.
 
-    device = resolve_device(args.use_cuda)
-    if args.fp32_checkpoint is None:
-        raise InputError("no model given", "pass --fp32-checkpoint with an HRNet-W32 state dict")
-    evalset = open_dataset(args.evaluation_dataset, args.max_images)
-    model = load_hrnet(args.fp32_checkpoint)
-    run_id, run_dir = create_run_dir(args.results_dir, args.run_id, "fp32")
-    try:
-        seed_everything(device)
-        timer = StageTimer(device)
-        models: Dict[str, Dict[str, float]] = {}
-        models["fp32"] = evaluate_model(
-            "fp32", model, evalset, device, run_dir, args.batch_size, args.workers, args.quiet, timer
+    With the min/max scheme only the set of crops matters, not how it is split into batches.
+    """
+    crops = instances.head(count)
+    normalize = Normalizer(device)
+
+    def calibrate(model: nn.Module) -> None:
+        with torch.no_grad():
+            for batch, index in data.crop_loader(crops, options.batch_size, options.workers):
+                model(normalize(batch.to(device)))
+                if on_batch is not None:
+                    on_batch(len(index))
+
+    return calibrate
+
+
+def quantize_and_evaluate(
+    source: nn.Module, plan, evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
+    timer: StageTimer, adapter=None,
+):
+    """Build and calibrate the AIMET sim on the first crops in loader order, then evaluate it like FP32."""
+    from .quantization import quantize
+
+    count = min(plan.calibration_images, len(evalset.instances))
+    progress = Progress(count, f"{plan.key} calibration", quiet=options.quiet)
+    calibrate = calibration(evalset.instances, count, options, device, progress.update)
+    start = time.perf_counter()
+    quantized = quantize(source, plan, calibrate, device, adapter)
+    progress.close()
+    timer.add("calibration", start)
+    quantized.info["calibration_images"] = count
+    stats = evaluate_model(plan.key, quantized.model, evalset, device, run_dir, options, timer)
+    return stats, quantized.info
+
+
+def execute(
+    evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
+    fp32: Optional[nn.Module] = None, quant_source: Optional[nn.Module] = None, plan=None, adapter=None,
+) -> Outcome:
+    """FP32 evaluation (when a model is given), then the quantized one (when a plan is given)."""
+    seed_everything(device)
+    outcome = Outcome(timer=StageTimer(device))
+    if fp32 is not None:
+        outcome.models["fp32"] = evaluate_model("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
+    if plan is not None:
+        stats, info = quantize_and_evaluate(
+            quant_source if quant_source is not None else fp32, plan, evalset, device, run_dir, options,
+            outcome.timer, adapter,
         )
-        stack = environment.stack()
-        dataset_info = evalset.describe()
-        outcome = report.verdict(models, dataset_info, stack)
-        record = {
-            "schema_version": report.SCHEMA_VERSION,
-            "run_id": run_id,
-            "status": "complete",
-            "command": list(command),
-            "models": models,
-            "published": {
-                "source": report.PUBLISHED_SOURCE,
-                "targets": report.PUBLISHED,
-                "tolerance": outcome["tolerance"],
-            },
-            "verdict": outcome,
-            "timings": {k: round(v, 3) for k, v in timer.seconds.items()},
-            "environment": environment.describe(device),
-            "artifacts": {"fp32_checkpoint": {"path": args.fp32_checkpoint, "sha256": sha256_file(args.fp32_checkpoint)}},
-            "dataset": dataset_info,
-            "settings": {"batch_size": args.batch_size, "workers": args.workers, "flip_test": True, "device": str(device)},
-            "results_files": {name: f"keypoints_{name}_results.json" for name in models},
-        }
-        report.write_report(run_dir, record)
-        mark(run_dir, "complete")
+        outcome.models[plan.key] = stats
+        outcome.quantization = info
+    return outcome
+
+
+def build_report(
+    run_id: str, command: Sequence[str], outcome: Outcome, verdict: Dict[str, object], evalset: EvalSet,
+    device: torch.device, options: RunOptions, artifacts: Dict[str, object],
+) -> Dict[str, object]:
+    return {
+        "schema_version": report.SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "complete",
+        "command": list(command),
+        "models": outcome.models,
+        "published": {"source": report.PUBLISHED_SOURCE, "targets": report.PUBLISHED, "tolerance": verdict.get("tolerance")},
+        "verdict": verdict,
+        "timings": {k: round(v, 3) for k, v in outcome.timer.seconds.items()},
+        "environment": environment.describe(device),
+        "artifacts": artifacts,
+        "dataset": evalset.describe(),
+        "quantization": outcome.quantization,
+        "settings": {"batch_size": options.batch_size, "workers": options.workers, "flip_test": True, "device": str(device)},
+        "results_files": {name: f"keypoints_{name}_results.json" for name in outcome.models},
+    }
+
+
+def in_run_folder(results_dir: str, run_id: Optional[str], label: str, work: Callable[[str, str], int]) -> int:
+    """Create the run folder, run ``work(run_id, run_dir)``, and mark the folder with how it ended."""
+    run_id, run_dir = create_run_dir(results_dir, run_id, label)
+    try:
+        code = work(run_id, run_dir)
     except KeyboardInterrupt:
         mark(run_dir, "interrupted")
         raise
     except BaseException as error:
         mark(run_dir, "failed", f"{type(error).__name__}: {error}")
         raise
-    print(report.format_table(models, str(outcome["text"])))
+    mark(run_dir, "complete")
+    return code
+
+
+def finish(run_dir: str, record: Dict[str, object], published: bool = True) -> None:
+    """Write report.md and report.json, then print the table and verdict."""
+    report.write_report(run_dir, record, published)
+    print(report.format_table(record["models"], str(record["verdict"]["text"]), published))  # type: ignore[index]
     print(f"\nreport: {os.path.join(run_dir, 'report.json')}")
-    return 1 if outcome["status"] == "not_reproduced" else 0
+
+
+def run_eval(args, command: Sequence[str]) -> int:
+    """The ``eval`` subcommand; returns the exit code."""
+    from .checkpoint import load_hrnet
+    from .quantization import QuantPlan, check_bitwidths, load_adapter
+
+    device = resolve_device(args.use_cuda)
+    plan = adapter = None
+    if not args.fp32_only:
+        check_bitwidths(args.default_param_bw, args.default_output_bw)
+        adapter = load_adapter()  # fail before any compute when AIMET is missing
+        plan = QuantPlan(
+            param_bw=args.default_param_bw, output_bw=args.default_output_bw,
+            calibration_images=args.calibration_images, encodings=args.encodings,
+            fold_batch_norms=args.quantized_checkpoint is None, export_dir=args.export,
+        )
+    if args.fp32_checkpoint is None and (not args.skip_fp32 or args.quantized_checkpoint is None):
+        raise InputError("no FP32 model given", "pass --fp32-checkpoint with an HRNet-W32 state dict")
+    evalset = open_dataset(args.evaluation_dataset, args.max_images)
+    artifacts: Dict[str, object] = {}
+    fp32 = quant_source = None
+    if args.fp32_checkpoint is not None:
+        fp32 = load_hrnet(args.fp32_checkpoint)
+        artifacts["fp32_checkpoint"] = {"path": args.fp32_checkpoint, "sha256": sha256_file(args.fp32_checkpoint)}
+    if plan is not None and args.quantized_checkpoint is not None:
+        quant_source = load_hrnet(args.quantized_checkpoint)
+        artifacts["quantized_checkpoint"] = {
+            "path": args.quantized_checkpoint, "sha256": sha256_file(args.quantized_checkpoint)
+        }
+    if plan is not None and args.encodings is not None:
+        artifacts["encodings"] = {"path": args.encodings, "sha256": sha256_file(args.encodings)}
+    options = RunOptions(args.batch_size, args.workers, args.quiet)
+    label = "fp32" if plan is None else plan.key
+
+    def work(run_id: str, run_dir: str) -> int:
+        outcome = execute(
+            evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source, plan, adapter
+        )
+        verdict = report.verdict(outcome.models, evalset.describe(), environment.stack())
+        finish(run_dir, build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts))
+        return 1 if verdict["status"] == "not_reproduced" else 0
+
+    return in_run_folder(args.results_dir, args.run_id, label, work)

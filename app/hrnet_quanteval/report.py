@@ -85,42 +85,44 @@ def _cell(value: Optional[float], fmt: str = "{:.4f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def table_rows(models: Mapping[str, Mapping[str, float]]) -> List[List[str]]:
-    """Header plus one row per stat: each model's value, its published value and the delta."""
+def table_rows(models: Mapping[str, Mapping[str, float]], published: bool = True) -> List[List[str]]:
+    """Header plus one row per stat: each model's value and, with ``published``, its target and the delta."""
     header = ["stat"]
     for name in models:
-        header += [name.upper(), "published", "delta"]
+        header += [name.upper(), "published", "delta"] if published else [name.upper()]
     rows = [header]
     for stat in STAT_NAMES:
         row = [stat]
         for name, stats in models.items():
-            target = PUBLISHED.get(name, {}).get(stat)
             value = stats.get(stat)
-            delta = None if target is None or value is None else value - target
-            row += [_cell(value), _cell(target, "{:.3f}"), _cell(delta, "{:+.4f}")]
+            row.append(_cell(value))
+            if published:
+                target = PUBLISHED.get(name, {}).get(stat)
+                delta = None if target is None or value is None else value - target
+                row += [_cell(target, "{:.3f}"), _cell(delta, "{:+.4f}")]
         rows.append(row)
     return rows
 
 
-def format_table(models: Mapping[str, Mapping[str, float]], verdict_text: str) -> str:
+def format_table(models: Mapping[str, Mapping[str, float]], verdict_text: str, published: bool = True) -> str:
     """The terminal table and verdict line."""
-    rows = table_rows(models)
+    rows = table_rows(models, published)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines + ["", f"verdict: {verdict_text}"])
 
 
-def markdown(report: Mapping[str, object]) -> str:
+def markdown(report: Mapping[str, object], published: bool = True) -> str:
     """report.md: the same facts as report.json, for people."""
     models = report["models"]
-    rows = table_rows(models)  # type: ignore[arg-type]
+    rows = table_rows(models, published)  # type: ignore[arg-type]
     out = [f"# hrnet-quanteval run {report['run_id']}", "", f"**Verdict:** {report['verdict']['text']}", ""]  # type: ignore[index]
     out.append("| " + " | ".join(rows[0]) + " |")
     out.append("|" + "---|" * len(rows[0]))
     out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     out += ["", f"Published: {PUBLISHED_SOURCE}. Stats: pycocotools COCOeval keypoints, maxDets 20.", ""]
-    for section in ("dataset", "settings", "artifacts", "timings", "environment"):
+    for section in ("dataset", "settings", "artifacts", "quantization", "timings", "environment"):
         values = report.get(section)
         if not values:
             continue
@@ -132,8 +134,8 @@ def markdown(report: Mapping[str, object]) -> str:
     return "\n".join(out)
 
 
-def write_report(run_dir: str, report: Mapping[str, object]) -> None:
+def write_report(run_dir: str, report: Mapping[str, object], published: bool = True) -> None:
     """report.md first, report.json last: a report.json on disk always belongs to a finished run."""
-    write_atomic(os.path.join(run_dir, "report.md"), markdown(report))
+    write_atomic(os.path.join(run_dir, "report.md"), markdown(report, published))
     write_atomic(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False) + "\n")
 

@@ -147,9 +147,14 @@ def _place_people(rng: np.random.Generator, width: int, height: int, count: int)
             continue
         pose = _pose(rng)
         joints = np.stack([box[0] + pose[:, 0] * box[2], box[1] + pose[:, 1] * box[3]], axis=1)
-        inside = (joints[:, 0] >= 0) & (joints[:, 0] <= width - 1) & (joints[:, 1] >= 0) & (joints[:, 1] <= height - 1)
+        pixel = crop_pixel_size(box, width, height)
+        margin = (GLYPH_SIZE / 2.0 + 1.0) * pixel  # a glyph cut by the image border is not drawn or labelled
+        inside = (
+            (joints[:, 0] >= margin) & (joints[:, 0] <= width - 1 - margin)
+            & (joints[:, 1] >= margin) & (joints[:, 1] <= height - 1 - margin)
+        )
         visible = inside & (rng.random(NUM_JOINTS) > 0.05)
-        people.append(Person(box, joints, visible, crop_pixel_size(box, width, height)))
+        people.append(Person(box, joints, visible, pixel))
         regions.append(region)
     return people
 

@@ -1,0 +1,107 @@
+"""AIMET 1.22 adapter (the ``legacy`` image: the zoo's published setup).
+
+Written against AIMET 1.22.2's source (quic/aimet, tag 1.22.2): ``QuantizationSimModel(model, dummy_input,
+quant_scheme, rounding_mode, default_output_bw, default_param_bw, in_place, config_file, default_data_type)``,
+``compute_encodings(callback, args)`` calling ``callback(sim.model, args)``,
+``set_and_freeze_param_encodings(path)``, ``fold_all_batch_norms(model, input_shapes)``, wrappers
+``QcQuantizeWrapper`` with ``param_quantizers`` (dict), ``input_quantizers``/``output_quantizers`` (lists)
+of tensor quantizers with ``enabled``, ``bitwidth``, ``use_symmetric_encodings`` and ``encoding``
+(libpymo ``TfEncoding``: ``min``, ``max``, ``delta``, ``offset``, ``bw``).
+
+AIMET 1.22 wheels exist only for Python 3.8 and CUDA; no test here can import them. Reused modules need no
+work in this generation: 1.22 wraps HRNet's shared ReLUs once, which is the behaviour being reproduced.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantsim_config", "per_channel_aimet1.json")
+
+
+class Adapter:
+    generation = 1
+
+    def __init__(self) -> None:
+        from aimet_common.utils import AimetLogger
+
+        # AIMET logs every op it configures at INFO; keep the terminal for progress and the verdict
+        AimetLogger.set_level_for_all_areas(logging.ERROR)
+        warnings.filterwarnings("ignore", module=r"aimet_")
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        from aimet_torch.batch_norm_fold import fold_all_batch_norms
+        from aimet_torch.qc_quantize_op import QcQuantizeWrapper
+        from aimet_torch.quantsim import QuantizationSimModel
+
+        self._fold = fold_all_batch_norms
+        self._sim_class = QuantizationSimModel
+        self._wrapper = QcQuantizeWrapper
+        self.config_file = CONFIG
+
+    def describe(self) -> Dict[str, object]:
+        from .environment import package_version
+
+        return {"package": "AimetTorch", "version": package_version("AimetTorch"), "generation": 1,
+                "config": os.path.basename(self.config_file)}
+
+    def fold(self, model: nn.Module, input_shape) -> int:
+        return len(self._fold(model, input_shape))
+
+    def create_sim(self, model: nn.Module, dummy: torch.Tensor, param_bw: int, output_bw: int):
+        # the zoo's call: quant_scheme "tf", rounding_mode left at its default "nearest"
+        return self._sim_class(
+            model, dummy_input=dummy, quant_scheme="tf", rounding_mode="nearest",
+            default_output_bw=output_bw, default_param_bw=param_bw, config_file=self.config_file,
+        )
+
+    def quantized_model(self, sim) -> nn.Module:
+        return sim.model
+
+    def _wrappers(self, sim):
+        return [(name, m) for name, m in sim.model.named_modules() if isinstance(m, self._wrapper)]
+
+    def param_channels(self, sim) -> Dict[str, int]:
+        return {
+            f"{name}.{param}": int(getattr(wrapper._module_to_wrap, param).shape[0])  # noqa: SLF001
+            for name, wrapper in self._wrappers(sim)
+            for param, quantizer in wrapper.param_quantizers.items()
+            if quantizer.enabled
+        }
+
+    def load_param_encodings(self, sim, encodings: Dict[str, List[dict]], path: str) -> None:
+        # ``match_encodings`` has checked every key, so 1.22's silent no-match cannot happen here
+        sim.set_and_freeze_param_encodings(encoding_path=path)
+
+    def compute_encodings(self, sim, callback: Callable[[nn.Module], None]) -> None:
+        sim.compute_encodings(lambda model, _: callback(model), None)
+
+    def summary(self, sim) -> Dict[str, int]:
+        activation = params = 0
+        for _, wrapper in self._wrappers(sim):
+            activation += sum(q.enabled for q in list(wrapper.input_quantizers) + list(wrapper.output_quantizers))
+            params += sum(q.enabled for q in wrapper.param_quantizers.values())
+        return {"activation": activation, "param": params, "enabled": activation + params}
+
+    def export_param_encodings(self, sim) -> Dict[str, List[dict]]:
+        out = {}
+        for name, wrapper in self._wrappers(sim):
+            for param, quantizer in wrapper.param_quantizers.items():
+                if not quantizer.enabled or quantizer.encoding is None:
+                    continue
+                encodings = quantizer.encoding if isinstance(quantizer.encoding, list) else [quantizer.encoding]
+                out[f"{name}.{param}"] = [
+                    {"bitwidth": e.bw, "dtype": "int", "is_symmetric": str(quantizer.use_symmetric_encodings),
+                     "max": e.max, "min": e.min, "offset": e.offset, "scale": e.delta}
+                    for e in encodings
+                ]
+        return out
+
+    def export(self, sim, directory: str, prefix: str, dummy: torch.Tensor) -> List[str]:
+        before = set(os.listdir(directory))
+        sim.export(directory, prefix, dummy.cpu())
+        return sorted(set(os.listdir(directory)) - before)

@@ -1,0 +1,70 @@
+"""``selftest``: the whole pipeline on a synthetic set with a model that knows the answer.
+
+The oracle (``oracle.OraclePoseNet``) finds the synthetic people's joints by construction, so its AP says
+whether crop, normalisation, flip test, decoding, the way back to image pixels, rescoring, OKS-NMS and
+COCOeval all work on this host; with AIMET installed, BN folding and W8A8/W4A8 QuantSim run too, through
+the same code as ``eval``.
+"""
+from __future__ import annotations
+
+import tempfile
+from typing import Dict, Sequence
+
+from . import pipeline, synth
+from .errors import EnvironmentProblem
+from .oracle import OraclePoseNet
+
+PASS_AP = 0.9  # the oracle's FP32 AP must reach this
+QUANT_MAX_DROP = 0.02  # W8A8 may lose at most this much AP against FP32
+
+
+def selftest_verdict(models: Dict[str, Dict[str, float]]) -> Dict[str, object]:
+    """Passed when the oracle's FP32 AP is at least PASS_AP; quantized rows are reported beside it."""
+    fp32 = models["fp32"]["AP"]
+    passed = fp32 >= PASS_AP
+    parts = [f"FP32 AP {fp32:.4f} {'>=' if passed else '<'} {PASS_AP}"]
+    for name, stats in models.items():
+        if name != "fp32":
+            parts.append(f"{name.upper()} AP {stats['AP']:.4f} (delta {stats['AP'] - fp32:+.4f})")
+    return {
+        "status": "selftest_passed" if passed else "selftest_failed",
+        "text": f"self-test {'passed' if passed else 'FAILED'}: " + ", ".join(parts),
+        "threshold": PASS_AP,
+    }
+
+
+def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)) -> int:
+    """Generate the set, evaluate the oracle FP32 and (with AIMET) W8A8 and W4A8; exit 0 when FP32 passes."""
+    from .quantization import QuantPlan, load_adapter
+
+    device = pipeline.resolve_device(args.use_cuda)
+    try:
+        adapter = load_adapter()
+    except EnvironmentProblem:
+        adapter = None
+    options = pipeline.RunOptions(args.batch_size, args.workers, args.quiet)
+    with tempfile.TemporaryDirectory(prefix="hrnet-quanteval-selftest-") as root:
+        synth.generate(root, images=args.images, seed=args.seed)
+        evalset = pipeline.open_dataset(root)
+        oracle = OraclePoseNet()
+
+        def work(run_id: str, run_dir: str) -> int:
+            outcome = pipeline.execute(evalset, device, run_dir, options, fp32=oracle)
+            if adapter is None:
+                print("AIMET is not installed: quantized self-test rows skipped")
+            else:
+                for bits in quantized:
+                    plan = QuantPlan(param_bw=bits, output_bw=8, calibration_images=args.calibration_images)
+                    stats, info = pipeline.quantize_and_evaluate(
+                        oracle, plan, evalset, device, run_dir, options, outcome.timer, adapter
+                    )
+                    outcome.models[plan.key] = stats
+                    outcome.quantization[plan.key] = info
+            verdict = selftest_verdict(outcome.models)
+            record = pipeline.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
+            record["dataset"]["synthetic_seed"] = args.seed
+            pipeline.finish(run_dir, record, published=False)
+            return 0 if verdict["status"] == "selftest_passed" else 1
+
+        return pipeline.in_run_folder(args.results_dir, args.run_id, "selftest", work)
+
