@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv clean
+.PHONY: test selftest venv clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): requirements/test.txt app/pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The self-test on this machine, no Docker: synthetic set, oracle model, FP32 + W8A8 + W4A8.
+selftest: $(STAMP)
+	$(VENV)/bin/hrnet-quanteval selftest --use-cuda false --results-dir build/selftest
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
