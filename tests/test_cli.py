@@ -23,7 +23,7 @@ def test_use_cuda_rejects_other_words():
 def test_eval_end_to_end_on_cpu(synth_root, tiny_checkpoint, tmp_path):
     results = str(tmp_path / "results")
     args = ["eval", "--evaluation-dataset", synth_root, "--fp32-checkpoint", tiny_checkpoint,
-            "--use-cuda", "false", "--results-dir", results, "--workers", "2", "--batch-size", "8"]
+            "--use-cuda", "false", "--results-dir", results, "--workers", "2", "--batch-size", "8", "--fp32-only"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "no published target" in first.stdout
@@ -58,7 +58,7 @@ def test_eval_rejects_a_bad_use_cuda_value(synth_root, tiny_checkpoint, tmp_path
 def test_explicit_run_id_is_never_reused(synth_root, tiny_checkpoint, tmp_path):
     results = str(tmp_path / "r")
     args = ["eval", "--evaluation-dataset", synth_root, "--fp32-checkpoint", tiny_checkpoint, "--use-cuda", "false",
-            "--results-dir", results, "--workers", "0", "--max-images", "2", "--run-id", "same"]
+            "--results-dir", results, "--workers", "0", "--max-images", "2", "--run-id", "same", "--fp32-only"]
     assert run_cli(*args).returncode == 0
     before = open(os.path.join(results, "same", "report.json")).read()
     again = run_cli(*args)

@@ -108,15 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--evaluation-dataset", required=True, metavar="DIR",
         help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/",
     )
-    ev.add_argument("--fp32-checkpoint", metavar="FILE", help="FP32 HRNet-W32 weights (a state dict)")
+    ev.add_argument(
+        "--fp32-checkpoint", metavar="FILE",
+        help="FP32 HRNet weights (state dict or whole pickled model); default: the zoo's hrnet_posenet_FP32.pth",
+    )
     ev.add_argument(
         "--quantized-checkpoint", metavar="FILE",
-        help="BN-folded quantized weights to wrap as they are (the zoo's path); default: fold the FP32 model",
+        help="quantized weights to wrap as they are (the zoo's path); default: the zoo's hrnet_posenet_W<p>A<o>.pth, "
+        "or, with --fp32-checkpoint, the FP32 model folded and quantized",
     )
     ev.add_argument(
         "--encodings", metavar="FILE",
-        help="1.22-style weight encodings to load and freeze; default: computed from the weights",
+        help="1.22-style weight encodings to load and freeze; default: the zoo's with its checkpoint, else computed",
     )
+    ev.add_argument(
+        "--artifacts-dir", metavar="DIR", default=None,
+        help="cache of the zoo's files (env HRNET_QUANTEVAL_ARTIFACTS; /cache in the images; else ~/.cache/hrnet-quanteval)",
+    )
+    ev.add_argument(
+        "--artifacts-url", metavar="URL", default=None,
+        help="release base URL, for mirrors (env HRNET_QUANTEVAL_ARTIFACTS_URL); files keep their release names",
+    )
+    ev.add_argument("--offline", action="store_true", help="never use the network; missing artifacts are an error")
     _add_quant_options(ev)
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--skip-fp32", action="store_true", help="evaluate only the quantized model")

@@ -1,7 +1,6 @@
 """A run: checks first, then FP32 and quantized evaluation, then the report. Shared by ``eval`` and ``selftest``."""
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -11,18 +10,11 @@ import torch
 from torch import nn
 
 from . import data, environment, evaluation, report
+from .artifacts import sha256_file
 from .errors import EnvironmentProblem, InputError
 from .inference import Normalizer, StageTimer, predict
 from .progress import Progress
 from .runs import create_run_dir, mark
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(use_cuda: Optional[bool]) -> torch.device:
@@ -244,6 +236,65 @@ def finish(run_dir: str, record: Dict[str, object], published: bool = True) -> N
     print(f"\nreport: {os.path.join(run_dir, 'report.json')}")
 
 
+@dataclass
+class Sources:
+    """Which files a run evaluates, and how the quantized model is made."""
+
+    fp32: Optional[str] = None
+    quantized: Optional[str] = None  # path (a): wrap this checkpoint as it is
+    encodings: Optional[str] = None
+    artifacts: Dict[str, object] = field(default_factory=dict)
+    notices: Sequence[str] = ()
+
+
+def resolve_sources(args, quantize: bool) -> Sources:
+    """Local files where given, the zoo's release files (cached, downloaded if needed) for the rest.
+
+    With ``--fp32-checkpoint`` and no ``--quantized-checkpoint`` the FP32 model itself is folded and
+    quantized (path b, weight encodings from ``--encodings`` or from the weights). Otherwise the quantized
+    checkpoint (``--quantized-checkpoint`` or the zoo's) is wrapped as it is with frozen weight encodings
+    (``--encodings`` or the zoo's): the zoo's path (a).
+    """
+    from .artifacts import ArtifactStore, fp32_name, quantized_names
+
+    own_fp32 = args.fp32_checkpoint is not None
+    path_a = quantize and (args.quantized_checkpoint is not None or not own_fp32)
+    need_fp32 = not args.skip_fp32 or (quantize and not path_a)
+    wanted: Dict[str, str] = {}  # role -> release name
+    if need_fp32 and not own_fp32:
+        wanted["fp32_checkpoint"] = fp32_name()
+    if path_a:
+        if args.quantized_checkpoint is None or args.encodings is None:
+            if (args.default_param_bw, args.default_output_bw) not in ((8, 8), (4, 8)):
+                raise InputError(
+                    f"the zoo publishes W8A8 and W4A8 only, not W{args.default_param_bw}A{args.default_output_bw}",
+                    "pass --fp32-checkpoint to fold and quantize an FP32 model yourself, or use --default-param-bw 8 or 4",
+                )
+            checkpoint, encodings = quantized_names(args.default_param_bw, args.default_output_bw)
+            if args.quantized_checkpoint is None:
+                wanted["quantized_checkpoint"] = checkpoint
+            if args.encodings is None:
+                wanted["encodings"] = encodings
+    sources = Sources()
+    local = {"fp32_checkpoint": args.fp32_checkpoint if need_fp32 else None,
+             "quantized_checkpoint": args.quantized_checkpoint if path_a else None,
+             "encodings": args.encodings if quantize else None}
+    for role, path in local.items():
+        if path is not None:
+            if not os.path.isfile(path):
+                raise InputError(f"{role.replace('_', ' ')} {path} does not exist", "check the path")
+            sources.artifacts[role] = {"path": path, "sha256": sha256_file(path), "source": "local file"}
+    if wanted:
+        store = ArtifactStore.from_options(args.artifacts_dir, args.artifacts_url, args.offline, args.quiet)
+        fetched = store.fetch_all(list(wanted.values()))
+        for role, name in wanted.items():
+            sources.artifacts[role] = dict(fetched[name].record(), source="zoo release")
+            local[role] = fetched[name].path
+        sources.notices = list(store.notices)
+    sources.fp32, sources.quantized, sources.encodings = local["fp32_checkpoint"], local["quantized_checkpoint"], local["encodings"]
+    return sources
+
+
 def run_eval(args, command: Sequence[str]) -> int:
     """The ``eval`` subcommand; returns the exit code."""
     from .checkpoint import load_hrnet
@@ -253,36 +304,28 @@ def run_eval(args, command: Sequence[str]) -> int:
     plan = adapter = None
     if not args.fp32_only:
         check_bitwidths(args.default_param_bw, args.default_output_bw)
-        adapter = load_adapter()  # fail before any compute when AIMET is missing
+        adapter = load_adapter()  # fail before any download or compute when AIMET is missing
+    evalset = open_dataset(args.evaluation_dataset, args.max_images)
+    sources = resolve_sources(args, quantize=not args.fp32_only)
+    for notice in sources.notices:
+        print(notice)
+    if not args.fp32_only:
         plan = QuantPlan(
             param_bw=args.default_param_bw, output_bw=args.default_output_bw,
-            calibration_images=args.calibration_images, encodings=args.encodings,
-            fold_batch_norms=args.quantized_checkpoint is None, export_dir=args.export,
+            calibration_images=args.calibration_images, encodings=sources.encodings,
+            fold_batch_norms=sources.quantized is None, export_dir=args.export,
         )
-    if args.fp32_checkpoint is None and (not args.skip_fp32 or args.quantized_checkpoint is None):
-        raise InputError("no FP32 model given", "pass --fp32-checkpoint with an HRNet-W32 state dict")
-    evalset = open_dataset(args.evaluation_dataset, args.max_images)
-    artifacts: Dict[str, object] = {}
-    fp32 = quant_source = None
-    if args.fp32_checkpoint is not None:
-        fp32 = load_hrnet(args.fp32_checkpoint)
-        artifacts["fp32_checkpoint"] = {"path": args.fp32_checkpoint, "sha256": sha256_file(args.fp32_checkpoint)}
-    if plan is not None and args.quantized_checkpoint is not None:
-        quant_source = load_hrnet(args.quantized_checkpoint)
-        artifacts["quantized_checkpoint"] = {
-            "path": args.quantized_checkpoint, "sha256": sha256_file(args.quantized_checkpoint)
-        }
-    if plan is not None and args.encodings is not None:
-        artifacts["encodings"] = {"path": args.encodings, "sha256": sha256_file(args.encodings)}
+    fp32 = load_hrnet(sources.fp32) if sources.fp32 is not None else None
+    quant_source = load_hrnet(sources.quantized) if sources.quantized is not None else None
     options = RunOptions(args.batch_size, args.workers, args.quiet)
     label = "fp32" if plan is None else plan.key
 
     def work(run_id: str, run_dir: str) -> int:
         outcome = execute(
-            evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source, plan, adapter
+            evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source or fp32, plan, adapter
         )
         verdict = report.verdict(outcome.models, evalset.describe(), environment.stack())
-        finish(run_dir, build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts))
+        finish(run_dir, build_report(run_id, command, outcome, verdict, evalset, device, options, sources.artifacts))
         return 1 if verdict["status"] == "not_reproduced" else 0
 
     return in_run_folder(args.results_dir, args.run_id, label, work)

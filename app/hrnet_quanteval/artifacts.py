@@ -1,0 +1,233 @@
+"""The zoo's release files: a cache folder, downloads that never leave a file looking complete, integrity.
+
+Files keep their release names in the cache. A download goes to ``<name>.part`` and is renamed only once
+every byte arrived; an interrupted one resumes from the ``.part`` file where the server honours ranges.
+The manifest (``artifacts.json``) pins URL, size and sha256; where size or hash are not pinned yet the
+sha256 seen is recorded in the report and a one-line notice says so. A file whose pinned hash does not
+match is moved aside (never deleted, never used) and the run stops.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from .errors import EnvironmentProblem
+from .progress import Progress
+
+MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts.json")
+CACHE_ENV = "HRNET_QUANTEVAL_ARTIFACTS"
+URL_ENV = "HRNET_QUANTEVAL_ARTIFACTS_URL"
+USER_AGENT = "hrnet-quanteval"
+CHUNK = 1 << 16
+
+
+def fp32_name() -> str:
+    return "hrnet_posenet_FP32.pth"
+
+
+def quantized_names(param_bw: int, output_bw: int) -> List[str]:
+    """The zoo's checkpoint and encodings for a bitwidth pair (only W8A8 and W4A8 exist)."""
+    prefix = f"hrnet_posenet_W{param_bw}A{output_bw}"
+    return [f"{prefix}.pth", f"{prefix}.encodings"]
+
+
+def default_cache_dir() -> str:
+    """``$HRNET_QUANTEVAL_ARTIFACTS`` (``/cache`` in the images), else the user's cache folder."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "hrnet-quanteval")
+
+
+def load_manifest(path: str = MANIFEST) -> Dict[str, object]:
+    with open(path) as f:
+        return json.load(f)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Fetched:
+    """One artifact as the run uses it."""
+
+    name: str
+    path: str
+    url: str
+    sha256: str
+    size: int
+    pinned: bool
+    downloaded: bool
+
+    def record(self) -> Dict[str, object]:
+        return {"name": self.name, "path": self.path, "url": self.url, "sha256": self.sha256, "size": self.size,
+                "hash_pinned": self.pinned, "downloaded": self.downloaded}
+
+
+class DownloadError(Exception):
+    """A download attempt failed; ``retry`` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+@dataclass
+class ArtifactStore:
+    cache_dir: str
+    base_url: str
+    offline: bool = False
+    files: Dict[str, Dict[str, object]] = field(default_factory=dict)
+    connect_timeout: float = 20.0
+    read_timeout: float = 60.0
+    attempts: int = 4
+    backoff: float = 2.0
+    quiet: bool = False
+    notices: List[str] = field(default_factory=list)
+    sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def from_options(
+        cls, cache_dir: Optional[str] = None, base_url: Optional[str] = None, offline: bool = False, quiet: bool = False
+    ) -> "ArtifactStore":
+        manifest = load_manifest()
+        return cls(
+            cache_dir=cache_dir or default_cache_dir(),
+            base_url=(base_url or os.environ.get(URL_ENV) or str(manifest["base_url"])).rstrip("/"),
+            offline=offline,
+            files=dict(manifest["files"]),  # type: ignore[arg-type]
+            quiet=quiet,
+        )
+
+    def url(self, name: str) -> str:
+        return f"{self.base_url}/{name}"
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cache_dir, name)
+
+    def fetch_all(self, names: List[str]) -> Dict[str, Fetched]:
+        """Every named file, verified; offline, all missing ones are listed in one error."""
+        missing = [n for n in names if not os.path.isfile(self.path(n))]
+        if missing and self.offline:
+            lines = "; ".join(f"{self.url(n)} -> {self.path(n)}" for n in missing)
+            raise EnvironmentProblem(
+                f"--offline and {len(missing)} artifact(s) are not in the cache: {lines}",
+                "download them to those paths (or pass --artifacts-dir), or drop --offline",
+            )
+        return {n: self.fetch(n) for n in names}
+
+    def fetch(self, name: str) -> Fetched:
+        target = self.path(name)
+        downloaded = False
+        if not os.path.isfile(target):
+            if self.offline:
+                raise EnvironmentProblem(
+                    f"--offline and artifact {name} is not in the cache ({self.url(name)} -> {target})",
+                    "download it to that path, or drop --offline",
+                )
+            self._download(name)
+            downloaded = True
+        return self._verify(name, downloaded)
+
+    def _verify(self, name: str, downloaded: bool) -> Fetched:
+        target = self.path(name)
+        pinned = self.files.get(name, {})
+        size = os.path.getsize(target)
+        digest = sha256_file(target)
+        want_hash, want_size = pinned.get("sha256"), pinned.get("size")
+        if (want_hash and digest != want_hash) or (want_size and size != want_size):
+            aside = f"{target}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(target, aside)
+            raise EnvironmentProblem(
+                f"artifact {name} does not match the pinned manifest (sha256 {digest}, {size} bytes; "
+                f"expected {want_hash}, {want_size} bytes); it was moved to {aside}",
+                f"run again to download it afresh from {self.url(name)}, or check the mirror behind --artifacts-url",
+            )
+        if not want_hash:
+            self.notices.append(f"notice: {name} has no pinned sha256; this run saw {digest} (recorded in report.json)")
+        return Fetched(name, target, self.url(name), digest, size, bool(want_hash), downloaded)
+
+    def _download(self, name: str) -> None:
+        os.makedirs(self.cache_dir, exist_ok=True)
+        url = self.url(name)
+        error: Optional[DownloadError] = None
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._download_once(name, url)
+                return
+            except DownloadError as failure:
+                error = failure
+                if not failure.retry or attempt == self.attempts:
+                    break
+                wait = self.backoff * 2 ** (attempt - 1)
+                if not self.quiet:
+                    print(f"{name}: {failure}; retrying in {wait:.0f} s ({attempt}/{self.attempts})", file=sys.stderr)
+                self.sleep(wait)
+        raise EnvironmentProblem(
+            f"cannot download {url}: {error}",
+            "check the network (or a proxy), pass --artifacts-url for a mirror, or put the file at "
+            f"{self.path(name)} and use --offline",
+        )
+
+    def _download_once(self, name: str, url: str) -> None:
+        part = self.path(name) + ".part"
+        have = os.path.getsize(part) if os.path.exists(part) else 0
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        if have:
+            request.add_header("Range", f"bytes={have}-")
+        try:
+            response = urllib.request.urlopen(request, timeout=self.connect_timeout)
+        except urllib.error.HTTPError as failure:
+            if failure.code == 416 and have:  # range not satisfiable: the part file is complete or bad
+                os.remove(part)
+                raise DownloadError("server refused to resume; starting over", retry=True) from None
+            transient = failure.code in (408, 429) or failure.code >= 500
+            raise DownloadError(f"HTTP {failure.code} {failure.reason}", retry=transient) from None
+        except (urllib.error.URLError, socket.timeout, OSError) as failure:
+            reason = getattr(failure, "reason", failure)
+            raise DownloadError(f"connection failed ({reason})", retry=True) from None
+        with response:
+            resumed = response.status == 206
+            if not resumed:
+                have = 0
+            length = response.headers.get("Content-Length")
+            total = have + int(length) if length is not None else None
+            _set_read_timeout(response, self.read_timeout)
+            progress = Progress(total or 0, f"download {name}", quiet=self.quiet or total is None)
+            progress.update(have)
+            with open(part, "ab" if resumed else "wb") as out:
+                while True:
+                    try:
+                        block = response.read(CHUNK)
+                    except (socket.timeout, OSError, http.client.HTTPException) as failure:
+                        raise DownloadError(f"read stalled or failed after {have} bytes ({failure})", retry=True) from None
+                    if not block:
+                        break
+                    out.write(block)
+                    have += len(block)
+                    progress.update(len(block))
+            progress.close()
+        if total is not None and have != total:
+            raise DownloadError(f"connection closed after {have} of {total} bytes", retry=True)
+        os.replace(part, self.path(name))
+
+
+def _set_read_timeout(response, seconds: float) -> None:
+    """urlopen's timeout covers the connection; reads get their own (urllib has no separate knob)."""
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
