@@ -105,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ev.add_argument(
-        "--evaluation-dataset", required=True, metavar="DIR",
-        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/",
+        "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
+        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"),
+        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/ "
+        "(env HRNET_QUANTEVAL_DATASET; /data/coco in the images)",
     )
     ev.add_argument(
         "--fp32-checkpoint", metavar="FILE",

@@ -14,7 +14,7 @@ from . import __version__
 STACK_ENV = "HRNET_QUANTEVAL_STACK"
 HRNET_COMMIT_ENV = "HRNET_COMMIT"
 GIT_COMMIT_ENV = "HRNET_QUANTEVAL_GIT_COMMIT"
-PATCHES_ENV = "HRNET_PATCHES"
+HRNET_LIB_ENV = "HRNET_LIB"
 
 
 def package_version(name: str) -> Optional[str]:
@@ -40,6 +40,21 @@ def git_commit() -> Optional[str]:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
+
+
+def hrnet_lib_facts() -> Dict[str, object]:
+    """Commit and applied patches of the prepared HRNet lib (files written by scripts/prepare-hrnet-lib.sh)."""
+    lib = os.environ.get(HRNET_LIB_ENV)
+    facts: Dict[str, object] = {"hrnet_lib": lib, "hrnet_commit": os.environ.get(HRNET_COMMIT_ENV), "patches_applied": []}
+    if lib:
+        for key, name in (("hrnet_commit", "HRNET_COMMIT"), ("patches_applied", "PATCHES")):
+            try:
+                with open(os.path.join(lib, name)) as f:
+                    words = f.read().split()
+            except OSError:
+                continue
+            facts[key] = words if key == "patches_applied" else (words[0] if words else None)
+    return facts
 
 
 def stack() -> str:
@@ -75,8 +90,7 @@ def describe(device: torch.device) -> Dict[str, object]:
         "stack": stack(),
         "app_version": __version__,
         "app_git_commit": git_commit(),
-        "hrnet_commit": os.environ.get(HRNET_COMMIT_ENV),
-        "patches_applied": [p for p in os.environ.get(PATCHES_ENV, "").split(",") if p],
     }
+    info.update(hrnet_lib_facts())
     info.update(device_info(device))
     return info

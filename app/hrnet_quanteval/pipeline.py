@@ -11,22 +11,17 @@ from torch import nn
 
 from . import data, environment, evaluation, report
 from .artifacts import sha256_file
-from .errors import EnvironmentProblem, InputError
+from .errors import InputError
 from .inference import Normalizer, StageTimer, predict
 from .progress import Progress
 from .runs import create_run_dir, mark
 
 
 def resolve_device(use_cuda: Optional[bool]) -> torch.device:
-    """CUDA when asked for (error without a GPU), CPU when told so; ``None`` picks CUDA if present."""
-    available = torch.cuda.is_available()
-    if use_cuda and not available:
-        raise EnvironmentProblem(
-            "--use-cuda true was given but PyTorch sees no CUDA GPU",
-            "check the NVIDIA driver (nvidia-smi), run the container with a GPU (the compose services reserve one; "
-            "with docker run pass --gpus all), or pass --use-cuda false to evaluate on the CPU",
-        )
-    return torch.device("cuda" if (available if use_cuda is None else use_cuda) else "cpu")
+    """CUDA when asked for (an error without a usable GPU), CPU when told so; ``None`` picks CUDA if usable."""
+    from .preflight import check
+
+    return torch.device("cuda" if check(use_cuda) else "cpu")
 
 
 def seed_everything(device: torch.device) -> None:
