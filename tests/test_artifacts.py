@@ -147,6 +147,7 @@ def test_eval_downloads_zoo_files_through_the_mirror_flag(server, tmp_path, synt
     assert online.returncode == 2 and "cannot be read" in online.stderr  # random bytes are no checkpoint
 
 
+@pytest.mark.aimet
 def test_eval_w4a8_offline_lists_the_three_zoo_files(tmp_path, synth_root):
     from conftest import run_cli
 

@@ -89,6 +89,7 @@ def test_state_dict_files_load_through_the_same_function(tmp_path):
     assert list(checkpoint.load_state_dict(legacy)) == list(model.state_dict())
 
 
+@pytest.mark.aimet
 def test_bn_folded_whole_model_loads_into_the_folded_structure(tmp_path):
     from hrnet_quanteval.quantization import INPUT_SHAPE, load_adapter
 

@@ -15,7 +15,7 @@ from hrnet_quanteval.inference import Normalizer
 from hrnet_quanteval.model import build_hrnet, pose_hrnet_w32, split_relu_sites, tiny_spec
 from hrnet_quanteval.quantization import INPUT_SHAPE, QuantPlan, load_adapter, match_encodings, quantize, read_encodings
 
-pytest.importorskip("aimet_torch", reason="aimet-torch is part of requirements/test.txt")
+pytestmark = pytest.mark.aimet
 
 
 @pytest.fixture(scope="module")
