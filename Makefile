@@ -11,7 +11,7 @@ LINT_VENV ?= .venv-lint
 LINT_STAMP := $(LINT_VENV)/.installed
 ARGS ?=
 
-.PHONY: test test-legacy lint selftest image eval venv clean
+.PHONY: test test-legacy lint selftest reference-lib image eval venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,12 @@ test-legacy: $(LEGACY_STAMP)
 	$(LEGACY_VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 8), sys.version'
 	$(LEGACY_VENV)/bin/python -m compileall -q -f app/hrnet_quanteval
 	$(LEGACY_VENV)/bin/python -m pytest -q
+
+# HRNet's patched lib for the reference engine and `parity`, built like the images build it, into
+# build/hrnet-lib (the reference engine's default). HRNET_SRC: a checkout of the pinned commit.
+reference-lib: $(STAMP)
+	@if [ -z "$(HRNET_SRC)" ]; then echo "make reference-lib: pass HRNET_SRC=<checkout of HRNet-Human-Pose-Estimation at 00d7bf72>" >&2; exit 2; fi
+	PYTHON=$(abspath $(PY)) scripts/prepare-hrnet-lib.sh $(HRNET_SRC) build/hrnet-lib
 
 # The self-test on this machine, no Docker: synthetic set, oracle model, FP32 + W8A8 + W4A8.
 selftest: $(STAMP)

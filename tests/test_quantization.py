@@ -221,8 +221,8 @@ def test_calibration_uses_the_first_n_crops_whatever_the_batch_size(adapter, syn
     encodings = []
     for batch_size in (4, 32):
         seen = []
-        calibrate = pipeline.calibration(
-            evalset.instances, count, pipeline.RunOptions(batch_size, 0, True), torch.device("cpu")
+        calibrate = pipeline.NativeEngine().calibration(
+            evalset, count, pipeline.RunOptions(batch_size, 0, True), torch.device("cpu")
         )
 
         def recording(m, calibrate=calibrate, seen=seen):

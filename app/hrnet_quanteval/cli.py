@@ -73,6 +73,18 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_artifact_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--artifacts-dir", metavar="DIR", default=None,
+        help="cache of the zoo's files (env HRNET_QUANTEVAL_ARTIFACTS; /cache in the images; else ~/.cache/hrnet-quanteval)",
+    )
+    parser.add_argument(
+        "--artifacts-url", metavar="URL", default=None,
+        help="release base URL, for mirrors (env HRNET_QUANTEVAL_ARTIFACTS_URL); files keep their release names",
+    )
+    parser.add_argument("--offline", action="store_true", help="never use the network; missing artifacts are an error")
+
+
 def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--default-param-bw", type=_int_at_least(1), default=8, metavar="BITS",
@@ -123,20 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--encodings", metavar="FILE",
         help="1.22-style weight encodings to load and freeze; default: the zoo's with its checkpoint, else computed",
     )
-    ev.add_argument(
-        "--artifacts-dir", metavar="DIR", default=None,
-        help="cache of the zoo's files (env HRNET_QUANTEVAL_ARTIFACTS; /cache in the images; else ~/.cache/hrnet-quanteval)",
-    )
-    ev.add_argument(
-        "--artifacts-url", metavar="URL", default=None,
-        help="release base URL, for mirrors (env HRNET_QUANTEVAL_ARTIFACTS_URL); files keep their release names",
-    )
-    ev.add_argument("--offline", action="store_true", help="never use the network; missing artifacts are an error")
+    _add_artifact_options(ev)
     _add_quant_options(ev)
     which = ev.add_mutually_exclusive_group()
     which.add_argument("--skip-fp32", action="store_true", help="evaluate only the quantized model")
     which.add_argument("--fp32-only", action="store_true", help="evaluate only FP32 (no AIMET needed)")
     ev.add_argument("--export", metavar="DIR", help="also export the quantized model (ONNX + encodings) to DIR")
+    ev.add_argument(
+        "--engine", choices=("native", "reference"), default="native",
+        help="native: this package's pipeline; reference: the seed's code path through HRNet's patched lib (HRNET_LIB)",
+    )
     ev.add_argument(
         "--max-images", type=_int_at_least(1), default=None, metavar="N",
         help="evaluate only the first N images of the annotation file (quick partial run; no published target)",
@@ -156,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration crops for the quantized rows (default 384, capped at the set's size)",
     )
     _add_run_options(st)
+
+    pa = commands.add_parser(
+        "parity", help="evaluate one model with the native and the reference engine and compare them",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pa.add_argument(
+        "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
+        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"), help="COCO root (as for eval)",
+    )
+    model = pa.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", metavar="FILE", help="HRNet weights (default: the zoo's FP32 checkpoint)")
+    model.add_argument("--oracle", action="store_true", help="use the self-test's hand-weighted model")
+    pa.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N", help="only the first N images")
+    _add_artifact_options(pa)
+    _add_run_options(pa)
 
     sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
     sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
@@ -187,6 +210,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_eval(args, command)
         if args.command == "synth":
             return run_synth(args)
+        if args.command == "parity":
+            from .parity import run_parity
+
+            return run_parity(args, command)
         if args.command == "selftest":
             from .selftest import run_selftest
 

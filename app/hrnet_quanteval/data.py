@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -143,3 +144,18 @@ def crop_loader(instances: Instances, batch_size: int, workers: int, pin_memory:
     """An unshuffled loader over the instance crops: batch order is sample order."""
     dataset = CropDataset(instances.paths, instances.centers, instances.scales)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+
+
+def write_subset(root: str, max_images: int, dest: str) -> str:
+    """A COCO folder holding the first ``max_images`` images of ``root`` (annotations filtered, images linked)."""
+    with open(os.path.join(root, ANNOTATION_FILE)) as f:
+        dataset = json.load(f)
+    dataset["images"] = dataset["images"][:max_images]
+    keep = {image["id"] for image in dataset["images"]}
+    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] in keep]
+    os.makedirs(os.path.join(dest, os.path.dirname(ANNOTATION_FILE)), exist_ok=True)
+    with open(os.path.join(dest, ANNOTATION_FILE), "w") as f:
+        json.dump(dataset, f)
+    os.makedirs(os.path.join(dest, os.path.dirname(IMAGE_DIR)), exist_ok=True)
+    os.symlink(os.path.abspath(os.path.join(root, IMAGE_DIR)), os.path.join(dest, IMAGE_DIR))
+    return dest

@@ -126,6 +126,10 @@ class StageTimer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
     def add(self, stage: str, start: float) -> float:
         self.sync()
         now = time.perf_counter()

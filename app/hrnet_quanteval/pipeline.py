@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,88 +102,118 @@ class Outcome:
     models: Dict[str, Dict[str, float]] = field(default_factory=dict)
     timer: Optional[StageTimer] = None
     quantization: Dict[str, object] = field(default_factory=dict)
+    engine: str = "native"
+    evaluations: Dict[str, object] = field(default_factory=dict)
 
 
-def evaluate_model(
-    name: str, model: nn.Module, evalset: EvalSet, device: torch.device, run_dir: str,
-    options: RunOptions, timer: StageTimer,
-) -> Dict[str, float]:
-    """Flip-test inference on every instance, results file, COCOeval; returns the ten stats."""
-    instances = evalset.instances
-    loader = data.crop_loader(instances, options.batch_size, options.workers, pin_memory=device.type == "cuda")
-    progress = Progress(len(instances), f"{name} evaluation", quiet=options.quiet)
-    preds = predict(
-        model.to(device), loader, len(instances), instances.heatmap_to_image(), device,
-        on_batch=progress.update, timer=timer,
-    )
-    progress.close()
-    start = time.perf_counter()
-    results = evaluation.coco_results(instances.image_ids, preds, instances.centers, instances.scales, instances.areas)
-    results_file = os.path.join(run_dir, f"keypoints_{name}_results.json")
-    evaluation.write_results(results_file, results)
-    image_ids = instances.evaluated_image_ids if evalset.max_images is not None else None
-    stats, log = evaluation.coco_stats(evalset.coco, results_file, image_ids)
-    with open(os.path.join(run_dir, f"cocoeval_{name}.txt"), "w") as f:
-        f.write(log)
-    timer.add("evaluation", start)
-    return stats
+@dataclass
+class Evaluation:
+    """One model's evaluation: the ten stats, every instance's joints (N, 17, 3), the results file."""
+
+    stats: Dict[str, float]
+    preds: np.ndarray
+    results_file: str
 
 
-def calibration(
-    instances: data.Instances, count: int, options: RunOptions, device: torch.device,
-    on_batch: Optional[Callable[[int], None]] = None,
-) -> Callable[[nn.Module], None]:
-    """The zoo's calibration callback: forward passes without flip over the first ``count`` crops in loader order.
+class NativeEngine:
+    """This package's own pipeline: uint8 crops, flip test and decoding on the device, vectorised evaluation."""
 
-    With the min/max scheme only the set of crops matters, not how it is split into batches.
-    """
-    crops = instances.head(count)
-    normalize = Normalizer(device)
+    name = "native"
 
-    def calibrate(model: nn.Module) -> None:
-        with torch.no_grad():
-            for batch, index in data.crop_loader(crops, options.batch_size, options.workers):
-                model(normalize(batch.to(device)))
-                if on_batch is not None:
-                    on_batch(len(index))
+    def evaluate(
+        self, name: str, model: nn.Module, evalset: EvalSet, device: torch.device, run_dir: str,
+        options: RunOptions, timer: StageTimer,
+    ) -> Evaluation:
+        """Flip-test inference on every instance, results file, COCOeval."""
+        instances = evalset.instances
+        loader = data.crop_loader(instances, options.batch_size, options.workers, pin_memory=device.type == "cuda")
+        progress = Progress(len(instances), f"{name} evaluation", quiet=options.quiet)
+        preds = predict(
+            model.to(device), loader, len(instances), instances.heatmap_to_image(), device,
+            on_batch=progress.update, timer=timer,
+        )
+        progress.close()
+        start = time.perf_counter()
+        results = evaluation.coco_results(instances.image_ids, preds, instances.centers, instances.scales, instances.areas)
+        results_file = os.path.join(run_dir, f"keypoints_{name}_results.json")
+        evaluation.write_results(results_file, results)
+        image_ids = instances.evaluated_image_ids if evalset.max_images is not None else None
+        stats, log = evaluation.coco_stats(evalset.coco, results_file, image_ids)
+        with open(os.path.join(run_dir, f"cocoeval_{name}.txt"), "w") as f:
+            f.write(log)
+        timer.add("evaluation", start)
+        return Evaluation(stats, preds, results_file)
 
-    return calibrate
+    def calibration(
+        self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device,
+        on_batch: Optional[Callable[[int], None]] = None,
+    ) -> Callable[[nn.Module], None]:
+        """The zoo's calibration callback: forward passes without flip over the first ``count`` crops in loader order.
+
+        With the min/max scheme only the set of crops matters, not how it is split into batches.
+        """
+        crops = evalset.instances.head(count)
+        normalize = Normalizer(device)
+
+        def calibrate(model: nn.Module) -> None:
+            with torch.no_grad():
+                for batch, index in data.crop_loader(crops, options.batch_size, options.workers):
+                    model(normalize(batch.to(device)))
+                    if on_batch is not None:
+                        on_batch(len(index))
+
+        return calibrate
+
+
+def make_engine(name: str):
+    """``native`` or ``reference`` (HRNet's own code; needs the prepared lib)."""
+    if name == "reference":
+        from .reference import ReferenceEngine
+
+        return ReferenceEngine()
+    return NativeEngine()
 
 
 def quantize_and_evaluate(
     source: nn.Module, plan, evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
-    timer: StageTimer, adapter=None,
+    timer: StageTimer, adapter=None, engine=None,
 ):
     """Build and calibrate the AIMET sim on the first crops in loader order, then evaluate it like FP32."""
     from .quantization import quantize
 
+    engine = engine or NativeEngine()
     count = min(plan.calibration_images, len(evalset.instances))
     progress = Progress(count, f"{plan.key} calibration", quiet=options.quiet)
-    calibrate = calibration(evalset.instances, count, options, device, progress.update)
+    calibrate = engine.calibration(evalset, count, options, device, progress.update)
     start = time.perf_counter()
     quantized = quantize(source, plan, calibrate, device, adapter)
     progress.close()
     timer.add("calibration", start)
     quantized.info["calibration_images"] = count
-    stats = evaluate_model(plan.key, quantized.model, evalset, device, run_dir, options, timer)
-    return stats, quantized.info
+    result = engine.evaluate(plan.key, quantized.model, evalset, device, run_dir, options, timer)
+    return result, quantized.info
 
 
 def execute(
     evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
     fp32: Optional[nn.Module] = None, quant_source: Optional[nn.Module] = None, plan=None, adapter=None,
+    engine=None,
 ) -> Outcome:
     """FP32 evaluation (when a model is given), then the quantized one (when a plan is given)."""
+    engine = engine or NativeEngine()
     seed_everything(device)
-    outcome = Outcome(timer=StageTimer(device))
+    outcome = Outcome(timer=StageTimer(device), engine=engine.name)
     if fp32 is not None:
-        outcome.models["fp32"] = evaluate_model("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
+        result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
+        outcome.models["fp32"] = result.stats
+        outcome.evaluations["fp32"] = result
     if plan is not None:
-        stats, info = quantize_and_evaluate(
+        result, info = quantize_and_evaluate(
             quant_source if quant_source is not None else fp32, plan, evalset, device, run_dir, options,
-            outcome.timer, adapter,
+            outcome.timer, adapter, engine,
         )
-        outcome.models[plan.key] = stats
+        outcome.models[plan.key] = result.stats
+        outcome.evaluations[plan.key] = result
         outcome.quantization = info
     return outcome
 
@@ -204,7 +235,8 @@ def build_report(
         "artifacts": artifacts,
         "dataset": evalset.describe(),
         "quantization": outcome.quantization,
-        "settings": {"batch_size": options.batch_size, "workers": options.workers, "flip_test": True, "device": str(device)},
+        "settings": {"batch_size": options.batch_size, "workers": options.workers, "flip_test": True,
+                     "device": str(device), "engine": outcome.engine},
         "results_files": {name: f"keypoints_{name}_results.json" for name in outcome.models},
     }
 
@@ -314,10 +346,12 @@ def run_eval(args, command: Sequence[str]) -> int:
     quant_source = load_hrnet(sources.quantized) if sources.quantized is not None else None
     options = RunOptions(args.batch_size, args.workers, args.quiet)
     label = "fp32" if plan is None else plan.key
+    engine = make_engine(args.engine)
 
     def work(run_id: str, run_dir: str) -> int:
         outcome = execute(
-            evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source or fp32, plan, adapter
+            evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source or fp32, plan, adapter,
+            engine,
         )
         verdict = report.verdict(outcome.models, evalset.describe(), environment.stack())
         finish(run_dir, build_report(run_id, command, outcome, verdict, evalset, device, options, sources.artifacts))

@@ -55,10 +55,10 @@ def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)
             else:
                 for bits in quantized:
                     plan = QuantPlan(param_bw=bits, output_bw=8, calibration_images=args.calibration_images)
-                    stats, info = pipeline.quantize_and_evaluate(
+                    result, info = pipeline.quantize_and_evaluate(
                         oracle, plan, evalset, device, run_dir, options, outcome.timer, adapter
                     )
-                    outcome.models[plan.key] = stats
+                    outcome.models[plan.key] = result.stats
                     outcome.quantization[plan.key] = info
             verdict = selftest_verdict(outcome.models)
             record = pipeline.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
