@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import EXIT_SIGINT, EXIT_USAGE, QuantEvalError
+from .errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, QuantEvalError, Terminated, from_worker
 
 # selftest defaults live here so `--help` works without importing torch-heavy modules
 DEFAULT_IMAGES = 40
@@ -198,11 +200,17 @@ def run_synth(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     command: List[str] = ["hrnet-quanteval"] + argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C: the run folder is marked, exit 143
     try:
         if args.command == "eval":
             from .pipeline import run_eval
@@ -219,10 +227,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             return run_selftest(args, command)
     except QuantEvalError as error:
+        error = from_worker(error)
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted (SIGINT): the run folder is marked interrupted and has no report.json", file=sys.stderr)
         return EXIT_SIGINT
+    except Terminated:
+        print("terminated (SIGTERM): the run folder is marked interrupted and has no report.json", file=sys.stderr)
+        return EXIT_SIGTERM
     parser.error(f"unknown command {args.command}")
     return EXIT_USAGE

@@ -34,3 +34,17 @@ class EnvironmentProblem(QuantEvalError):
     """The host or installation cannot run the request (exit 3)."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt so the run folder is marked before exit 143."""
+
+
+def from_worker(error: QuantEvalError) -> QuantEvalError:
+    """A DataLoader worker's error comes back with its traceback as the message: keep the error's own line."""
+    text = error.problem
+    if "Original Traceback" not in text:
+        return error
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    message = last.split(": ", 1)[-1].rstrip(".")
+    return type(error)(message)

@@ -84,6 +84,7 @@ def run_parity(args, command: Sequence[str]) -> int:
     from .reference import ReferenceEngine
 
     device = pipeline.resolve_device(args.use_cuda)
+    pipeline.check_writable(args.results_dir)
     reference = ReferenceEngine()  # fails early, with how to get the lib, when it is missing
     native = pipeline.NativeEngine()
     options = pipeline.RunOptions(args.batch_size, args.workers, args.quiet)
@@ -100,10 +101,11 @@ def run_parity(args, command: Sequence[str]) -> int:
             outcome = pipeline.Outcome(timer=pipeline.StageTimer(device), engine="native+reference")
             comparisons: Dict[str, Dict[str, object]] = {}
             engines = {}
-            for engine in (native, reference):
-                folder = os.path.join(run_dir, engine.name)
-                os.makedirs(folder)
-                engines[engine.name] = engine.evaluate("fp32", model, evalset, device, folder, options, outcome.timer)
+            with pipeline.out_of_memory_advice(device, options.batch_size):
+                for engine in (native, reference):
+                    folder = os.path.join(run_dir, engine.name)
+                    os.makedirs(folder)
+                    engines[engine.name] = engine.evaluate("fp32", model, evalset, device, folder, options, outcome.timer)
             comparisons["fp32"] = compare(
                 engines["native"].preds, engines["reference"].preds, engines["native"].stats, engines["reference"].stats
             )

@@ -1,6 +1,8 @@
 """A run: checks first, then FP32 and quantized evaluation, then the report. Shared by ``eval`` and ``selftest``."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,10 +14,10 @@ from torch import nn
 
 from . import data, environment, evaluation, report
 from .artifacts import sha256_file
-from .errors import InputError
+from .errors import EnvironmentProblem, InputError, Terminated
 from .inference import Normalizer, StageTimer, predict
 from .progress import Progress
-from .runs import create_run_dir, mark
+from .runs import check_writable, create_run_dir, mark, write_atomic
 
 
 def resolve_device(use_cuda: Optional[bool]) -> torch.device:
@@ -55,6 +57,33 @@ class EvalSet:
         }
 
 
+COCO_2014_HELP = (
+    "the zoo evaluated COCO val2017 (its code reads annotations/person_keypoints_val2017.json and images/val2017/; "
+    "its doc's 2014 links are wrong): download val2017.zip and annotations_trainval2017.zip from "
+    "cocodataset.org and unpack them into the dataset folder"
+)
+
+
+def _check_keypoint_json(annotation_file: str) -> None:
+    """The annotation file is whole JSON in COCO's person-keypoint shape, checked before pycocotools indexes it."""
+    try:
+        with open(annotation_file) as f:
+            content = json.load(f)
+    except ValueError as error:
+        raise InputError(
+            f"annotation file {annotation_file} is not valid JSON ({error}); it may be truncated",
+            "download annotations_trainval2017.zip again and unpack it into the dataset folder",
+        ) from None
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(content, dict) or k not in content]
+    people = [c for c in content.get("categories", []) if isinstance(c, dict) and "keypoints" in c] if not missing else []
+    if missing or not people:
+        what = f"it lacks {', '.join(missing)}" if missing else "no category has keypoints (an instances_ or captions_ file?)"
+        raise InputError(
+            f"annotation file {annotation_file} is not COCO person keypoints: {what}",
+            "use person_keypoints_val2017.json from annotations_trainval2017.zip",
+        )
+
+
 def open_dataset(root: str, max_images: Optional[int] = None) -> EvalSet:
     """Check the COCO folder and every image the run needs, before any compute."""
     if not os.path.exists(root):
@@ -63,28 +92,27 @@ def open_dataset(root: str, max_images: Optional[int] = None) -> EvalSet:
         raise InputError(f"dataset path {root} is not a folder", "pass the COCO root folder, not a file")
     annotation_file = os.path.join(root, data.ANNOTATION_FILE)
     if not os.path.isfile(annotation_file):
+        found_2014 = [p for p in ("annotations/person_keypoints_val2014.json", "images/val2014")
+                      if os.path.exists(os.path.join(root, p))]
+        if found_2014:
+            raise InputError(f"{root} holds COCO 2014 ({', '.join(found_2014)}), not val2017", COCO_2014_HELP)
         raise InputError(
             f"annotation file {annotation_file} is missing",
-            "the folder needs annotations/person_keypoints_val2017.json and images/val2017/",
+            "the folder needs annotations/person_keypoints_val2017.json and images/val2017/ "
+            "(from annotations_trainval2017.zip and val2017.zip)",
         )
+    _check_keypoint_json(annotation_file)
     try:
         coco = data.load_coco(annotation_file)
+        instances = data.select_instances(coco, root, max_images)
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(
             f"annotation file {annotation_file} is not COCO keypoint JSON ({type(error).__name__}: {error})",
             "download annotations_trainval2017.zip again and unpack it into the dataset folder",
         ) from None
-    instances = data.select_instances(coco, root, max_images)
     if not len(instances):
         raise InputError(f"no person instances with keypoints in {annotation_file}", "check the annotation file")
-    missing = [p for p in dict.fromkeys(instances.paths) if not os.path.isfile(p)]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise InputError(
-            f"{len(missing)} of {len(set(instances.paths))} images are missing under "
-            f"{os.path.join(root, data.IMAGE_DIR)}: {shown}",
-            "unpack val2017.zip into images/ so that images/val2017/<12-digit id>.jpg exist",
-        )
+    data.check_images(instances.paths)
     return EvalSet(root, annotation_file, coco, instances, max_images)
 
 
@@ -139,8 +167,7 @@ class NativeEngine:
         evaluation.write_results(results_file, results)
         image_ids = instances.evaluated_image_ids if evalset.max_images is not None else None
         stats, log = evaluation.coco_stats(evalset.coco, results_file, image_ids)
-        with open(os.path.join(run_dir, f"cocoeval_{name}.txt"), "w") as f:
-            f.write(log)
+        write_atomic(os.path.join(run_dir, f"cocoeval_{name}.txt"), log)
         timer.add("evaluation", start)
         return Evaluation(stats, preds, results_file)
 
@@ -203,6 +230,12 @@ def execute(
     engine = engine or NativeEngine()
     seed_everything(device)
     outcome = Outcome(timer=StageTimer(device), engine=engine.name)
+    with out_of_memory_advice(device, options.batch_size):
+        _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter)
+    return outcome
+
+
+def _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter) -> None:
     if fp32 is not None:
         result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
         outcome.models["fp32"] = result.stats
@@ -215,7 +248,6 @@ def execute(
         outcome.models[plan.key] = result.stats
         outcome.evaluations[plan.key] = result
         outcome.quantization = info
-    return outcome
 
 
 def build_report(
@@ -242,18 +274,47 @@ def build_report(
 
 
 def in_run_folder(results_dir: str, run_id: Optional[str], label: str, work: Callable[[str, str], int]) -> int:
-    """Create the run folder, run ``work(run_id, run_dir)``, and mark the folder with how it ended."""
+    """Create the run folder, run ``work(run_id, run_dir)``, and mark the folder with how it ended.
+
+    An interrupted or failed run keeps whatever it wrote but never gets a report.json; status.json says why.
+    """
     run_id, run_dir = create_run_dir(results_dir, run_id, label)
     try:
         code = work(run_id, run_dir)
     except KeyboardInterrupt:
-        mark(run_dir, "interrupted")
+        _mark_quietly(run_dir, "interrupted", "SIGINT")
+        raise
+    except Terminated:
+        _mark_quietly(run_dir, "interrupted", "SIGTERM")
         raise
     except BaseException as error:
-        mark(run_dir, "failed", f"{type(error).__name__}: {error}")
+        _mark_quietly(run_dir, "failed", f"{type(error).__name__}: {error}")
         raise
     mark(run_dir, "complete")
     return code
+
+
+def _mark_quietly(run_dir: str, status: str, detail: str) -> None:
+    try:
+        mark(run_dir, status, detail)
+    except (OSError, EnvironmentProblem):  # a full disk must not hide the error that stopped the run
+        pass
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(device: torch.device, batch_size: int):
+    """Turn CUDA running out of memory into an error that says which batch size to try."""
+    try:
+        yield
+    except RuntimeError as error:
+        if "out of memory" not in str(error):
+            raise
+        smaller = max(1, batch_size // 2)
+        first = str(error).strip().splitlines()[0]
+        raise EnvironmentProblem(
+            f"{device.type.upper()} ran out of memory at --batch-size {batch_size} ({first})",
+            f"run again with --batch-size {smaller}; the batch size does not change the numbers",
+        ) from None
 
 
 def finish(run_dir: str, record: Dict[str, object], published: bool = True) -> None:
@@ -328,6 +389,7 @@ def run_eval(args, command: Sequence[str]) -> int:
     from .quantization import QuantPlan, check_bitwidths, load_adapter
 
     device = resolve_device(args.use_cuda)
+    check_writable(args.results_dir)
     plan = adapter = None
     if not args.fp32_only:
         check_bitwidths(args.default_param_bw, args.default_output_bw)

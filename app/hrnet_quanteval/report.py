@@ -135,7 +135,12 @@ def markdown(report: Mapping[str, object], published: bool = True) -> str:
 
 
 def write_report(run_dir: str, report: Mapping[str, object], published: bool = True) -> None:
-    """report.md first, report.json last: a report.json on disk always belongs to a finished run."""
-    write_atomic(os.path.join(run_dir, "report.md"), markdown(report, published))
-    write_atomic(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False) + "\n")
+    """report.md, then report.json; if report.json cannot be written, report.md goes too: no half report."""
+    md = os.path.join(run_dir, "report.md")
+    write_atomic(md, markdown(report, published))
+    try:
+        write_atomic(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2, sort_keys=False) + "\n")
+    except BaseException:
+        os.remove(md)
+        raise
 

@@ -1,31 +1,50 @@
 """Run folders: one per run, never reused, with a status file that says whether the run finished."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 import time
 from typing import Optional, Tuple
 
-from .errors import InputError
+from .errors import EnvironmentProblem, InputError
 
 STATUS_FILE = "status.json"
 
 
 def write_atomic(path: str, text: str) -> None:
-    """Write a file so that it exists either complete or not at all (temporary name, fsync, rename)."""
+    """Write a file so that it exists either complete or not at all (temporary name, fsync, rename).
+
+    A full disk or another write error leaves no partial file and no temporary one, and names the file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        _remove_quietly(tmp)
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise EnvironmentProblem(
+            f"{'the disk is full' if full else 'cannot write'} while writing {path} ({error.strerror or error})",
+            "free space (or fix permissions) on that filesystem and run again; files written before are intact",
+        ) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
+
+
+def _remove_quietly(path: Optional[str]) -> None:
+    if path and os.path.exists(path):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def check_writable(results_dir: str) -> None:
@@ -75,7 +94,7 @@ def create_run_dir(results_dir: str, run_id: Optional[str] = None, label: str = 
 
 
 def mark(run_dir: str, status: str, detail: str = "") -> None:
-    """Record the run's state: running, complete, failed or interrupted."""
+    """Record the run's state: running, complete, failed or interrupted (``status.json``)."""
     record = {"status": status, "pid": os.getpid(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if detail:
         record["detail"] = detail

@@ -38,6 +38,7 @@ def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)
     from .quantization import QuantPlan, load_adapter
 
     device = pipeline.resolve_device(args.use_cuda)
+    pipeline.check_writable(args.results_dir)
     try:
         adapter = load_adapter()
     except EnvironmentProblem:
