@@ -7,7 +7,7 @@
 # cannot drive (exit code 3); pass --use-cuda false to run on the CPU instead.
 set -euo pipefail
 
-subcommands=" eval selftest parity synth "
+subcommands=" eval selftest parity synth compare "
 
 if [ $# -eq 0 ]; then
     set -- eval

@@ -75,6 +75,13 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
+def _add_visualize_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--visualize", type=_int_at_least(0), default=0, metavar="N",
+        help="also draw N images with ground-truth and predicted skeletons side by side (visualize/*.png)",
+    )
+
+
 def _add_artifact_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--artifacts-dir", metavar="DIR", default=None,
@@ -152,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate only the first N images of the annotation file (quick partial run; no published target)",
     )
     _add_run_options(ev)
+    _add_visualize_option(ev)
 
     st = commands.add_parser(
         "selftest", help="run the whole pipeline on a synthetic set with a model that knows the answer (no COCO needed)",
@@ -166,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration crops for the quantized rows (default 384, capped at the set's size)",
     )
     _add_run_options(st)
+    _add_visualize_option(st)
 
     pa = commands.add_parser(
         "parity", help="evaluate one model with the native and the reference engine and compare them",
@@ -181,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N", help="only the first N images")
     _add_artifact_options(pa)
     _add_run_options(pa)
+
+    co = commands.add_parser("compare", help="the stats of two runs side by side")
+    co.add_argument("run_a", metavar="RUN_A", help="a run folder or its report.json")
+    co.add_argument("run_b", metavar="RUN_B", help="another run folder or report.json")
 
     sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
     sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
@@ -218,6 +231,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_eval(args, command)
         if args.command == "synth":
             return run_synth(args)
+        if args.command == "compare":
+            from .report import compare_runs
+
+            print(compare_runs(args.run_a, args.run_b))
+            return 0
         if args.command == "parity":
             from .parity import run_parity
 

@@ -28,6 +28,11 @@ PERSON_CATEGORY = 1
 NUM_JOINTS = 17
 # left/right joint pairs of COCO (0 is the nose): eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
 FLIP_PAIRS: Tuple[Tuple[int, int], ...] = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+# COCO's person skeleton (limbs between joints), 0-based
+SKELETON: Tuple[Tuple[int, int], ...] = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)
 # OpenCV IMREAD_COLOR | IMREAD_IGNORE_ORIENTATION: 8-bit BGR, EXIF orientation ignored
 IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 

@@ -317,8 +317,19 @@ def out_of_memory_advice(device: torch.device, batch_size: int):
         ) from None
 
 
-def finish(run_dir: str, record: Dict[str, object], published: bool = True) -> None:
-    """Write report.md and report.json, then print the table and verdict."""
+def finish(
+    run_dir: str, record: Dict[str, object], published: bool = True, outcome: Optional[Outcome] = None,
+    evalset: Optional[EvalSet] = None, visualize: int = 0,
+) -> None:
+    """Pictures first (report.png, overlays), then report.md and report.json; print the table and verdict."""
+    from . import visualize as pictures
+
+    pictures.accuracy_chart(record["models"], report.PUBLISHED if published else {}, os.path.join(run_dir, "report.png"))
+    record["files"] = ["report.png"]
+    if visualize and outcome is not None and evalset is not None and outcome.evaluations:
+        predictions = {name: result.preds for name, result in outcome.evaluations.items()}
+        written = pictures.overlays(evalset.instances, evalset.coco, predictions, os.path.join(run_dir, "visualize"), visualize)
+        record["files"] += [os.path.relpath(p, run_dir) for p in written]
     report.write_report(run_dir, record, published)
     print(report.format_table(record["models"], str(record["verdict"]["text"]), published))  # type: ignore[index]
     print(f"\nreport: {os.path.join(run_dir, 'report.json')}")
@@ -416,7 +427,8 @@ def run_eval(args, command: Sequence[str]) -> int:
             engine,
         )
         verdict = report.verdict(outcome.models, evalset.describe(), environment.stack())
-        finish(run_dir, build_report(run_id, command, outcome, verdict, evalset, device, options, sources.artifacts))
+        record = build_report(run_id, command, outcome, verdict, evalset, device, options, sources.artifacts)
+        finish(run_dir, record, outcome=outcome, evalset=evalset, visualize=args.visualize)
         return 1 if verdict["status"] == "not_reproduced" else 0
 
     return in_run_folder(args.results_dir, args.run_id, label, work)

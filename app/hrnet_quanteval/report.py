@@ -23,6 +23,8 @@ ROUNDING_TOLERANCE = 0.0005
 # torch 2.x and aimet-torch 2.x, whose rounding (half to even), range minimum and clamp order differ at
 # ties and range edges (spec 9.7), and other convolution kernels; local runs are treated like current.
 STACK_ALLOWANCE: Dict[str, float] = {"legacy": 0.0, "current": 0.002, "local": 0.002}
+# 0.765 + 0.0005 is 0.7655000000000001 in binary: the edge itself counts as within
+FLOAT_SLACK = 1e-12
 # The evaluation the published numbers describe: all of val2017 with ground-truth person boxes.
 FULL_VAL2017 = {"images": 5000, "instances": 6352}
 
@@ -63,7 +65,7 @@ def verdict(models: Mapping[str, Mapping[str, float]], dataset: Mapping[str, obj
                 delta = stats[stat] - target
                 checks.append(
                     {"model": name, "stat": stat, "value": stats[stat], "published": target,
-                     "delta": delta, "within": abs(delta) <= tol}
+                     "delta": delta, "within": abs(delta) <= tol + FLOAT_SLACK}
                 )
     if not checks:
         why = reason or f"no published target for {', '.join(untargeted)}"
@@ -144,3 +146,53 @@ def write_report(run_dir: str, report: Mapping[str, object], published: bool = T
         os.remove(md)
         raise
 
+
+
+def load_report(path: str) -> Dict[str, object]:
+    """report.json of a run folder (or the file itself), or an error naming the path."""
+    from .errors import InputError
+
+    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    try:
+        with open(file) as f:
+            content = json.load(f)
+    except OSError:
+        status = os.path.join(os.path.dirname(file), "status.json")
+        hint = "the run did not finish (see its status.json)" if os.path.exists(status) else "pass a run folder"
+        raise InputError(f"{file} cannot be read", hint) from None
+    except ValueError as error:
+        raise InputError(f"{file} is not JSON ({error})", "pass a report.json written by hrnet-quanteval") from None
+    if not isinstance(content, dict) or "models" not in content:
+        raise InputError(f"{file} is not an hrnet-quanteval report", "pass a report.json written by hrnet-quanteval")
+    return content
+
+
+ENVIRONMENT_KEYS = ("stack", "device", "gpu_name", "torch", "cuda", "aimet", "numpy", "opencv", "app_git_commit")
+
+
+def compare_runs(path_a: str, path_b: str) -> str:
+    """The ten stats of every model of two runs side by side, with B - A for models both have."""
+    a, b = load_report(path_a), load_report(path_b)
+    names = list(dict.fromkeys(list(a["models"]) + list(b["models"])))  # type: ignore[arg-type]
+    header = ["stat"]
+    for name in names:
+        header += [f"A {name.upper()}", f"B {name.upper()}", "B-A"]
+    rows = [header]
+    for stat in STAT_NAMES:
+        row = [stat]
+        for name in names:
+            va = a["models"].get(name, {}).get(stat)  # type: ignore[union-attr]
+            vb = b["models"].get(name, {}).get(stat)  # type: ignore[union-attr]
+            row += [_cell(va), _cell(vb), _cell(None if va is None or vb is None else vb - va, "{:+.4f}")]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"A: {a.get('run_id')} ({path_a})", f"B: {b.get('run_id')} ({path_b})", ""]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    env_a, env_b = a.get("environment", {}), b.get("environment", {})
+    differing = [k for k in ENVIRONMENT_KEYS if env_a.get(k) != env_b.get(k)]  # type: ignore[union-attr]
+    lines.append("")
+    for key in differing:
+        lines.append(f"{key}: A {env_a.get(key)}  B {env_b.get(key)}")  # type: ignore[union-attr]
+    lines.append(f"verdict A: {a.get('verdict', {}).get('text')}")  # type: ignore[union-attr]
+    lines.append(f"verdict B: {b.get('verdict', {}).get('text')}")  # type: ignore[union-attr]
+    return "\n".join(lines)

@@ -60,11 +60,12 @@ def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)
                         oracle, plan, evalset, device, run_dir, options, outcome.timer, adapter
                     )
                     outcome.models[plan.key] = result.stats
+                    outcome.evaluations[plan.key] = result
                     outcome.quantization[plan.key] = info
             verdict = selftest_verdict(outcome.models)
             record = pipeline.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
             record["dataset"]["synthetic_seed"] = args.seed
-            pipeline.finish(run_dir, record, published=False)
+            pipeline.finish(run_dir, record, published=False, outcome=outcome, evalset=evalset, visualize=args.visualize)
             return 0 if verdict["status"] == "selftest_passed" else 1
 
         return pipeline.in_run_folder(args.results_dir, args.run_id, "selftest", work)

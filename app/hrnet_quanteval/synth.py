@@ -19,18 +19,13 @@ from typing import Dict, List, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .data import ANNOTATION_FILE, FLIP_PAIRS, IMAGE_DIR, NUM_JOINTS, image_path
+from .data import ANNOTATION_FILE, FLIP_PAIRS, IMAGE_DIR, NUM_JOINTS, SKELETON, image_path
 from .transforms import INPUT_SIZE, PIXEL_STD, box_to_center_scale, clean_bbox
 
 JOINT_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle",
-)
-# COCO's skeleton, 0-based
-SKELETON = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
 )
 # RGB colour per joint group: nose, then the eight left/right pairs in FLIP_PAIRS order
 GROUP_COLORS: Tuple[Tuple[int, int, int], ...] = (
