@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Container entry point.
 #   entrypoint.sh [SUBCOMMAND] [ARGS...]
-# A first word that is a subcommand (eval, selftest, parity, synth) runs it; anything else, bare flags included,
+# A first word that is a subcommand (eval, selftest, parity, bench, synth, compare) runs it; anything else, bare flags included,
 # goes to `eval`, so `docker compose run eval --default-param-bw 4` evaluates FP32 and W4A8.
 # `shell` opens bash. Before eval, a GPU preflight explains a missing GPU or one this image's torch
 # cannot drive (exit code 3); pass --use-cuda false to run on the CPU instead.
 set -euo pipefail
 
-subcommands=" eval selftest parity synth compare "
+subcommands=" eval selftest parity bench synth compare "
 
 if [ $# -eq 0 ]; then
     set -- eval
@@ -46,7 +46,7 @@ case "$subcommand" in
         fi
         python -m hrnet_quanteval.preflight --use-cuda "$use_cuda"
         ;;
-    selftest | parity)
+    selftest | parity | bench)
         python -m hrnet_quanteval.preflight --use-cuda "$use_cuda"
         ;;
 esac

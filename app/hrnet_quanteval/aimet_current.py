@@ -90,6 +90,11 @@ class Adapter:
         for key, entries in encodings.items():
             set_legacy_grid(by_key[key], entries)
 
+    def fold_param_quantizers(self, sim) -> bool:
+        """Quantize every weight once (frozen encodings kept, others from the weights), as the sim would per forward."""
+        sim.fold_param_quantizers()
+        return True
+
     def compute_encodings(self, sim, callback: Callable[[nn.Module], None]) -> None:
         sim.compute_encodings(callback)
 

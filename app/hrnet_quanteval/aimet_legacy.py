@@ -77,6 +77,10 @@ class Adapter:
         # ``match_encodings`` has checked every key, so 1.22's silent no-match cannot happen here
         sim.set_and_freeze_param_encodings(encoding_path=path)
 
+    def fold_param_quantizers(self, sim) -> bool:
+        """AIMET 1.22 has no way to quantize weights once; the sim keeps doing it per forward pass."""
+        return False
+
     def compute_encodings(self, sim, callback: Callable[[nn.Module], None]) -> None:
         sim.compute_encodings(lambda model, _: callback(model), None)
 

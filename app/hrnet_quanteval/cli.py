@@ -151,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--fp32-only", action="store_true", help="evaluate only FP32 (no AIMET needed)")
     ev.add_argument("--export", metavar="DIR", help="also export the quantized model (ONNX + encodings) to DIR")
     ev.add_argument(
+        "--no-cache", action="store_true",
+        help="recompute FP32 even when the results cache has this checkpoint, dataset, code and device",
+    )
+    ev.add_argument(
+        "--crop-cache-mb", type=_int_at_least(0), default=2048, metavar="MB",
+        help="memory for decoded crops reused by calibration and the quantized pass (default 2048; 0: off)",
+    )
+    ev.add_argument(
         "--engine", choices=("native", "reference"), default="native",
         help="native: this package's pipeline; reference: the seed's code path through HRNet's patched lib (HRNET_LIB)",
     )
@@ -190,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N", help="only the first N images")
     _add_artifact_options(pa)
     _add_run_options(pa)
+
+    be = commands.add_parser(
+        "bench", help="time every stage on a synthetic set against the model's own forward passes",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    be.add_argument("--instances", type=_int_at_least(1, 100000), default=64, help="person instances (default 64)")
+    be.add_argument("--arch", choices=("w32", "tiny"), default="tiny", help="HRNet-W32, or a cheap variant (default)")
+    be.add_argument("--engine", choices=("native", "reference", "both"), default="native", help="default native")
+    be.add_argument("--repeat", type=_int_at_least(1, 100), default=3, help="repetitions; medians are reported (default 3)")
+    be.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic set seed")
+    be.add_argument(
+        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        help="calibration crops (default 384, capped at the set's size)",
+    )
+    _add_run_options(be)
 
     co = commands.add_parser("compare", help="the stats of two runs side by side")
     co.add_argument("run_a", metavar="RUN_A", help="a run folder or its report.json")
@@ -231,6 +254,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_eval(args, command)
         if args.command == "synth":
             return run_synth(args)
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return run_bench(args, command)
         if args.command == "compare":
             from .report import compare_runs
 

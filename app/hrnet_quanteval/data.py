@@ -11,7 +11,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -176,13 +176,59 @@ class CropDataset(Dataset):
         self.paths = list(paths)
         self.centers = centers
         self.scales = scales
+        self._last: Tuple[Optional[str], Optional[np.ndarray]] = (None, None)
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _image(self, path: str) -> np.ndarray:
+        # the people of one image are consecutive samples and land in one worker's batch: decode it once
+        if self._last[0] != path:
+            self._last = (path, read_rgb(path))
+        return self._last[1]  # type: ignore[return-value]
+
     def __getitem__(self, index: int) -> Tuple[torch.Tensor, int]:
-        crop = crop_image(read_rgb(self.paths[index]), self.centers[index], self.scales[index])
+        crop = crop_image(self._image(self.paths[index]), self.centers[index], self.scales[index])
         return torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))), index
+
+
+CROP_BYTES = 3 * 256 * 192
+
+
+class CropCache:
+    """Crops kept in memory (uint8) after their first decode, so calibration and the quantized pass reuse them.
+
+    Holds at most ``max_bytes`` (the first crops in loader order; the rest are decoded again when needed).
+    The crops are exactly what the loader produced, so reusing them changes no number.
+    """
+
+    def __init__(self, count: int, max_bytes: int, pin_memory: bool = False) -> None:
+        self.capacity = max(0, min(count, max_bytes // CROP_BYTES))
+        self.pin_memory = pin_memory
+        self.store: Optional[torch.Tensor] = None
+        self.filled = np.zeros(count, dtype=bool)
+
+    def put(self, crops: torch.Tensor, index: torch.Tensor) -> None:
+        if not self.capacity:
+            return
+        if self.store is None:
+            self.store = torch.empty((self.capacity,) + tuple(crops.shape[1:]), dtype=torch.uint8)
+            if self.pin_memory:
+                self.store = self.store.pin_memory()
+        rows = index.numpy()
+        keep = rows < self.capacity
+        if keep.any():
+            self.store[torch.from_numpy(rows[keep])] = crops[torch.from_numpy(keep)]
+            self.filled[rows[keep]] = True
+
+    def holds(self, count: int) -> bool:
+        """Whether the first ``count`` crops are all in memory."""
+        return count <= self.capacity and bool(self.filled[:count].all())
+
+    def batches(self, count: int, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, count, batch_size):
+            end = min(count, start + batch_size)
+            yield self.store[start:end], torch.arange(start, end)
 
 
 def crop_loader(instances: Instances, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Sequence
@@ -132,6 +134,7 @@ class Outcome:
     quantization: Dict[str, object] = field(default_factory=dict)
     engine: str = "native"
     evaluations: Dict[str, object] = field(default_factory=dict)
+    notes: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,10 +146,33 @@ class Evaluation:
     results_file: str
 
 
+DEFAULT_CROP_CACHE_MB = 2048  # COCO val2017's 6352 crops take 936 MB
+
+
 class NativeEngine:
-    """This package's own pipeline: uint8 crops, flip test and decoding on the device, vectorised evaluation."""
+    """This package's own pipeline: uint8 crops decoded once per run, flip test and decoding on the device."""
 
     name = "native"
+
+    def __init__(self, crop_cache_mb: int = DEFAULT_CROP_CACHE_MB) -> None:
+        self.crop_cache_mb = crop_cache_mb
+        self._caches: Dict[str, data.CropCache] = {}
+
+    def _crops(self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device):
+        """(uint8 crops, indices) for the first ``count`` instances: from memory when cached, else decoded and cached."""
+        key = evalset.annotation_file
+        if key not in self._caches:
+            self._caches[key] = data.CropCache(
+                len(evalset.instances), self.crop_cache_mb * 2**20, pin_memory=device.type == "cuda"
+            )
+        cache = self._caches[key]
+        if cache.holds(count):
+            yield from cache.batches(count, options.batch_size)
+            return
+        instances = evalset.instances if count == len(evalset.instances) else evalset.instances.head(count)
+        for crops, index in data.crop_loader(instances, options.batch_size, options.workers, device.type == "cuda"):
+            cache.put(crops, index)
+            yield crops, index
 
     def evaluate(
         self, name: str, model: nn.Module, evalset: EvalSet, device: torch.device, run_dir: str,
@@ -154,11 +180,10 @@ class NativeEngine:
     ) -> Evaluation:
         """Flip-test inference on every instance, results file, COCOeval."""
         instances = evalset.instances
-        loader = data.crop_loader(instances, options.batch_size, options.workers, pin_memory=device.type == "cuda")
         progress = Progress(len(instances), f"{name} evaluation", quiet=options.quiet)
         preds = predict(
-            model.to(device), loader, len(instances), instances.heatmap_to_image(), device,
-            on_batch=progress.update, timer=timer,
+            model.to(device), self._crops(evalset, len(instances), options, device), len(instances),
+            instances.heatmap_to_image(), device, on_batch=progress.update, timer=timer,
         )
         progress.close()
         start = time.perf_counter()
@@ -179,26 +204,25 @@ class NativeEngine:
 
         With the min/max scheme only the set of crops matters, not how it is split into batches.
         """
-        crops = evalset.instances.head(count)
         normalize = Normalizer(device)
 
         def calibrate(model: nn.Module) -> None:
             with torch.no_grad():
-                for batch, index in data.crop_loader(crops, options.batch_size, options.workers):
-                    model(normalize(batch.to(device)))
+                for batch, index in self._crops(evalset, count, options, device):
+                    model(normalize(batch.to(device, non_blocking=True)))
                     if on_batch is not None:
                         on_batch(len(index))
 
         return calibrate
 
 
-def make_engine(name: str):
+def make_engine(name: str, crop_cache_mb: int = DEFAULT_CROP_CACHE_MB):
     """``native`` or ``reference`` (HRNet's own code; needs the prepared lib)."""
     if name == "reference":
         from .reference import ReferenceEngine
 
         return ReferenceEngine()
-    return NativeEngine()
+    return NativeEngine(crop_cache_mb)
 
 
 def quantize_and_evaluate(
@@ -213,7 +237,7 @@ def quantize_and_evaluate(
     progress = Progress(count, f"{plan.key} calibration", quiet=options.quiet)
     calibrate = engine.calibration(evalset, count, options, device, progress.update)
     start = time.perf_counter()
-    quantized = quantize(source, plan, calibrate, device, adapter)
+    quantized = quantize(source, plan, calibrate, device, adapter, accelerate=engine.name == "native")
     progress.close()
     timer.add("calibration", start)
     quantized.info["calibration_images"] = count
@@ -224,20 +248,25 @@ def quantize_and_evaluate(
 def execute(
     evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
     fp32: Optional[nn.Module] = None, quant_source: Optional[nn.Module] = None, plan=None, adapter=None,
-    engine=None,
+    engine=None, fp32_cache=None,
 ) -> Outcome:
-    """FP32 evaluation (when a model is given), then the quantized one (when a plan is given)."""
+    """FP32 evaluation (when a model is given; reused from ``fp32_cache`` when it has it), then the quantized one."""
     engine = engine or NativeEngine()
     seed_everything(device)
     outcome = Outcome(timer=StageTimer(device), engine=engine.name)
     with out_of_memory_advice(device, options.batch_size):
-        _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter)
+        _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter, fp32_cache)
     return outcome
 
 
-def _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter) -> None:
+def _execute(outcome, engine, evalset, device, run_dir, options, fp32, quant_source, plan, adapter, fp32_cache) -> None:
     if fp32 is not None:
-        result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
+        result = fp32_cache.reuse(run_dir) if fp32_cache is not None else None
+        if result is None:
+            result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)
+            if fp32_cache is not None:
+                fp32_cache.keep(result, run_dir)
+        outcome.notes["fp32_results"] = fp32_cache.note if fp32_cache is not None else "computed (cache off)"
         outcome.models["fp32"] = result.stats
         outcome.evaluations["fp32"] = result
     if plan is not None:
@@ -268,7 +297,7 @@ def build_report(
         "dataset": evalset.describe(),
         "quantization": outcome.quantization,
         "settings": {"batch_size": options.batch_size, "workers": options.workers, "flip_test": True,
-                     "device": str(device), "engine": outcome.engine},
+                     "device": str(device), "engine": outcome.engine, **outcome.notes},
         "results_files": {name: f"keypoints_{name}_results.json" for name in outcome.models},
     }
 
@@ -394,6 +423,59 @@ def resolve_sources(args, quantize: bool) -> Sources:
     return sources
 
 
+class Fp32Cache:
+    """The FP32 row of one run: reused from the results cache when the same key was computed before."""
+
+    def __init__(self, root: str, material: Dict[str, object]) -> None:
+        from .cache import ResultsCache
+
+        self.cache = ResultsCache(root)
+        self.material = material
+        self.note = "computed"
+
+    def reuse(self, run_dir: str) -> Optional[Evaluation]:
+        hit = self.cache.load(self.material)
+        if hit is None:
+            return None
+        results_file = os.path.join(run_dir, "keypoints_fp32_results.json")
+        shutil.copyfile(str(hit["results_file"]), results_file)
+        shutil.copyfile(os.path.join(str(hit["folder"]), "cocoeval.txt"), os.path.join(run_dir, "cocoeval_fp32.txt"))
+        self.note = f"reused from {hit['folder']}"
+        print(f"fp32: results reused from the cache ({hit['folder']}): same checkpoint, dataset, code and device; "
+              "--no-cache recomputes them")
+        return Evaluation(hit["stats"], hit["preds"], results_file)  # type: ignore[arg-type]
+
+    def keep(self, result: Evaluation, run_dir: str) -> None:
+        with open(os.path.join(run_dir, "cocoeval_fp32.txt")) as f:
+            log = f.read()
+        if self.cache.store(self.material, result.stats, result.preds, result.results_file, log):
+            self.note = f"computed and cached in {self.cache.path(self.material)}"
+
+
+def source_fingerprint() -> str:
+    """sha256 over this package's Python sources: any code change makes a new cache key."""
+    digest = hashlib.sha256()
+    package = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(package)):
+        if name.endswith(".py"):
+            with open(os.path.join(package, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+def fp32_cache_material(sources, evalset: EvalSet, device: torch.device, options: RunOptions, engine) -> Dict[str, object]:
+    env = environment.describe(device)
+    return {
+        "checkpoint_sha256": sources.artifacts["fp32_checkpoint"]["sha256"],
+        "dataset": {k: v for k, v in evalset.describe().items() if k != "root" and k != "annotation_file"},
+        "code": {k: env.get(k) for k in ("app_version", "app_git_commit", "torch", "numpy", "opencv", "pycocotools")},
+        "source_sha256": source_fingerprint(),
+        "device": {k: env.get(k) for k in ("device", "gpu_name", "cuda", "cudnn")},
+        "batch_size": options.batch_size,
+        "engine": engine.name,
+    }
+
+
 def run_eval(args, command: Sequence[str]) -> int:
     """The ``eval`` subcommand; returns the exit code."""
     from .checkpoint import load_hrnet
@@ -419,12 +501,18 @@ def run_eval(args, command: Sequence[str]) -> int:
     quant_source = load_hrnet(sources.quantized) if sources.quantized is not None else None
     options = RunOptions(args.batch_size, args.workers, args.quiet)
     label = "fp32" if plan is None else plan.key
-    engine = make_engine(args.engine)
+    engine = make_engine(args.engine, args.crop_cache_mb)
+    fp32_cache = None
+    if fp32 is not None and not args.skip_fp32 and not args.no_cache:
+        from .artifacts import default_cache_dir
+
+        material = fp32_cache_material(sources, evalset, device, options, engine)
+        fp32_cache = Fp32Cache(args.artifacts_dir or default_cache_dir(), material)
 
     def work(run_id: str, run_dir: str) -> int:
         outcome = execute(
             evalset, device, run_dir, options, None if args.skip_fp32 else fp32, quant_source or fp32, plan, adapter,
-            engine,
+            engine, fp32_cache,
         )
         verdict = report.verdict(outcome.models, evalset.describe(), environment.stack())
         record = build_report(run_id, command, outcome, verdict, evalset, device, options, sources.artifacts)

@@ -138,8 +138,13 @@ def quantize(
     calibrate: Callable[[nn.Module], None],
     device: torch.device,
     adapter=None,
+    accelerate: bool = False,
 ) -> Quantized:
-    """Fold (optionally), build the sim, freeze weight encodings from a file (optionally), calibrate, export."""
+    """Fold (optionally), build the sim, freeze weight encodings from a file (optionally), calibrate, export.
+
+    ``accelerate`` quantizes the weights once, before calibration, instead of on every forward pass (where
+    the installed AIMET can; not with ``export_dir``, which needs the weight quantizers): the same numbers.
+    """
     check_bitwidths(plan.param_bw, plan.output_bw)
     adapter = adapter or load_adapter()
     model = copy.deepcopy(model).to(device).eval()
@@ -157,8 +162,10 @@ def quantize(
         info["param_bitwidths_in_file"] = bitwidths
     else:
         info["frozen_param_encodings"] = 0
-    adapter.compute_encodings(sim, calibrate)
     info["quantizers"] = adapter.summary(sim)
+    if accelerate and not plan.export_dir:
+        info["weights_quantized_once"] = adapter.fold_param_quantizers(sim)
+    adapter.compute_encodings(sim, calibrate)
     if plan.export_dir:
         os.makedirs(plan.export_dir, exist_ok=True)
         info["export"] = adapter.export(sim, plan.export_dir, f"hrnet_{plan.key}", dummy)
