@@ -76,11 +76,8 @@ ENV LD_LIBRARY_PATH=/opt/venv/lib/python3.8/site-packages/aimet_common:/usr/loca
 
 # HRNet at the pinned commit, patched, NMS built; any failure fails the build
 COPY patches /opt/hrnet-quanteval/patches
-COPY scripts/prepare-hrnet-lib.sh /opt/hrnet-quanteval/scripts/prepare-hrnet-lib.sh
-RUN git init -q /tmp/hrnet \
- && git -C /tmp/hrnet fetch -q --depth 1 "${HRNET_REPO}" "${HRNET_COMMIT}" \
- && git -C /tmp/hrnet checkout -q FETCH_HEAD \
- && test "$(git -C /tmp/hrnet rev-parse HEAD)" = "${HRNET_COMMIT}" \
+COPY scripts /opt/hrnet-quanteval/scripts
+RUN /opt/hrnet-quanteval/scripts/fetch-hrnet.sh "${HRNET_REPO}" "${HRNET_COMMIT}" /tmp/hrnet \
  && HRNET_COMMIT="${HRNET_COMMIT}" HRNET_REQUIRE_GPU_NMS=1 HRNET_NMS_REQUIRE_CUDA=1 PYTHON=python \
       /opt/hrnet-quanteval/scripts/prepare-hrnet-lib.sh /tmp/hrnet /opt/hrnet/lib \
  && rm -rf /tmp/hrnet
@@ -136,11 +133,8 @@ RUN req=/opt/hrnet-quanteval/requirements/current.txt \
  && pip install --no-cache-dir -r "$req"
 
 COPY patches /opt/hrnet-quanteval/patches
-COPY scripts/prepare-hrnet-lib.sh /opt/hrnet-quanteval/scripts/prepare-hrnet-lib.sh
-RUN git init -q /tmp/hrnet \
- && git -C /tmp/hrnet fetch -q --depth 1 "${HRNET_REPO}" "${HRNET_COMMIT}" \
- && git -C /tmp/hrnet checkout -q FETCH_HEAD \
- && test "$(git -C /tmp/hrnet rev-parse HEAD)" = "${HRNET_COMMIT}" \
+COPY scripts /opt/hrnet-quanteval/scripts
+RUN /opt/hrnet-quanteval/scripts/fetch-hrnet.sh "${HRNET_REPO}" "${HRNET_COMMIT}" /tmp/hrnet \
  && HRNET_COMMIT="${HRNET_COMMIT}" HRNET_REQUIRE_GPU_NMS=1 HRNET_NMS_REQUIRE_CUDA=1 HRNET_NMS_NVCC_ARCH=compute_80 \
       PYTHON=python /opt/hrnet-quanteval/scripts/prepare-hrnet-lib.sh /tmp/hrnet /opt/hrnet/lib \
  && rm -rf /tmp/hrnet

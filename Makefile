@@ -45,9 +45,13 @@ test-legacy: $(LEGACY_STAMP)
 
 # HRNet's patched lib for the reference engine and `parity`, built like the images build it, into
 # build/hrnet-lib (the reference engine's default). HRNET_SRC: a checkout of the pinned commit.
+# Without HRNET_SRC it fetches the pinned commit from GitHub into build/hrnet-src first.
+HRNET_REPO ?= https://github.com/HRNet/HRNet-Human-Pose-Estimation.git
+HRNET_COMMIT ?= 00d7bf72f56382165e504b10ff0dddb82dca6fd2
 reference-lib: $(STAMP)
-	@if [ -z "$(HRNET_SRC)" ]; then echo "make reference-lib: pass HRNET_SRC=<checkout of HRNet-Human-Pose-Estimation at 00d7bf72>" >&2; exit 2; fi
-	PYTHON=$(abspath $(PY)) scripts/prepare-hrnet-lib.sh $(HRNET_SRC) build/hrnet-lib
+	@src="$(HRNET_SRC)"; \
+	if [ -z "$$src" ]; then src=build/hrnet-src; [ -d "$$src" ] || scripts/fetch-hrnet.sh $(HRNET_REPO) $(HRNET_COMMIT) "$$src"; fi; \
+	HRNET_COMMIT=$(HRNET_COMMIT) PYTHON=$(abspath $(PY)) scripts/prepare-hrnet-lib.sh "$$src" build/hrnet-lib
 
 # The self-test on this machine, no Docker: synthetic set, oracle model, FP32 + W8A8 + W4A8.
 selftest: $(STAMP)

@@ -91,7 +91,10 @@ def test_the_pinned_commit_is_the_same_everywhere():
         dockerfile = f.read()
     with open(os.path.join(ROOT, "scripts", "prepare-hrnet-lib.sh")) as f:
         script = f.read()
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        makefile = f.read()
     assert f"ARG HRNET_COMMIT={PINNED}" in dockerfile and f"pinned={PINNED}" in script
+    assert f"HRNET_COMMIT ?= {PINNED}" in makefile
     assert "requirements/legacy.txt" in dockerfile and "requirements/current.txt" in dockerfile
 
 
@@ -176,3 +179,22 @@ def test_entrypoint_runs_the_selftest(tmp_path):
 def test_entrypoint_shell(tmp_path):
     out = _entrypoint("shell", "-c", "echo inside")
     assert out.returncode == 0 and out.stdout.strip() == "inside"
+
+
+def test_fetch_script_checks_out_exactly_the_commit(tmp_path):
+    src = tmp_path / "upstream"
+    src.mkdir()
+    (src / "README.md").write_text("hrnet\n")
+    _git(src, "init", "-q")
+    _git(src, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    _git(src, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True).stdout.strip()
+    script = os.path.join(ROOT, "scripts", "fetch-hrnet.sh")
+    ok = subprocess.run(["bash", script, str(src), head, str(tmp_path / "copy")], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    copied = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path / "copy", capture_output=True, text=True)
+    assert copied.stdout.strip() == head
+    bad = subprocess.run(["bash", script, str(src), "0" * 40, str(tmp_path / "other")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "cannot fetch" in bad.stderr
+    again = subprocess.run(["bash", script, str(src), head, str(tmp_path / "copy")], capture_output=True, text=True)
+    assert again.returncode != 0 and "exists already" in again.stderr

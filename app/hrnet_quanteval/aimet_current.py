@@ -14,51 +14,33 @@ Differences from AIMET 1.22 that this adapter absorbs (spec 9.7):
 """
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from typing import Callable, Dict, List
 
 import torch
 from torch import nn
 
 from .model import split_relu_sites
-
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantsim_config", "per_channel_aimet2.json")
+from .quantization import AdapterBase
 
 
 def _is_true(value) -> bool:
     return str(value).strip().lower() == "true"
 
 
-class Adapter:
+class Adapter(AdapterBase):
     generation = 2
+    package = "aimet-torch"
+    config_name = "per_channel_aimet2.json"
 
     def __init__(self) -> None:
-        from aimet_torch.common.utils import AimetLogger
-
-        # AIMET logs every op it configures at INFO; keep the terminal for progress and the verdict
-        AimetLogger.set_level_for_all_areas(logging.ERROR)
-        warnings.filterwarnings("ignore", module=r"aimet_")
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         from aimet_torch.batch_norm_fold import fold_all_batch_norms
-        from aimet_torch.quantization.base.quantizer import QuantizerBase
+        from aimet_torch.common.utils import AimetLogger
         from aimet_torch.quantsim import QuantizationSimModel
 
+        super().__init__(AimetLogger)
         self._fold = fold_all_batch_norms
         self._sim_class = QuantizationSimModel
-        self._quantizer_base = QuantizerBase
-        self.config_file = CONFIG
         self._groups: Dict[int, Dict[str, List[str]]] = {}
-
-    def describe(self) -> Dict[str, object]:
-        from importlib.metadata import version
-
-        return {"package": "aimet-torch", "version": version("aimet-torch"), "generation": 2,
-                "config": os.path.basename(self.config_file)}
-
-    def fold(self, model: nn.Module, input_shape) -> int:
-        return len(self._fold(model, input_shapes=input_shape))
 
     def create_sim(self, model: nn.Module, dummy: torch.Tensor, param_bw: int, output_bw: int):
         groups = split_relu_sites(model)
@@ -69,9 +51,6 @@ class Adapter:
         tie_output_quantizers(sim.model, groups)
         self._groups[id(sim)] = groups
         return sim
-
-    def quantized_model(self, sim) -> nn.Module:
-        return sim.model
 
     def _param_quantizers(self, sim):
         for name, module in sim.model.named_modules():
@@ -116,11 +95,6 @@ class Adapter:
             if quantizer.is_initialized():
                 out[key] = legacy_entries(quantizer)
         return out
-
-    def export(self, sim, directory: str, prefix: str, dummy: torch.Tensor) -> List[str]:
-        before = set(os.listdir(directory))
-        sim.export(directory, prefix, dummy.cpu() if dummy.is_cuda else dummy)
-        return sorted(set(os.listdir(directory)) - before)
 
 
 def tie_output_quantizers(model: nn.Module, groups: Dict[str, List[str]]) -> None:

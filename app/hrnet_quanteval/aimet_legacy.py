@@ -13,44 +13,29 @@ work in this generation: 1.22 wraps HRNet's shared ReLUs once, which is the beha
 """
 from __future__ import annotations
 
-import logging
-import os
-import warnings
 from typing import Callable, Dict, List
 
 import torch
 from torch import nn
 
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "quantsim_config", "per_channel_aimet1.json")
+from .quantization import AdapterBase
 
 
-class Adapter:
+class Adapter(AdapterBase):
     generation = 1
+    package = "AimetTorch"
+    config_name = "per_channel_aimet1.json"
 
     def __init__(self) -> None:
         from aimet_common.utils import AimetLogger
-
-        # AIMET logs every op it configures at INFO; keep the terminal for progress and the verdict
-        AimetLogger.set_level_for_all_areas(logging.ERROR)
-        warnings.filterwarnings("ignore", module=r"aimet_")
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         from aimet_torch.batch_norm_fold import fold_all_batch_norms
         from aimet_torch.qc_quantize_op import QcQuantizeWrapper
         from aimet_torch.quantsim import QuantizationSimModel
 
+        super().__init__(AimetLogger)
         self._fold = fold_all_batch_norms
         self._sim_class = QuantizationSimModel
         self._wrapper = QcQuantizeWrapper
-        self.config_file = CONFIG
-
-    def describe(self) -> Dict[str, object]:
-        from .environment import package_version
-
-        return {"package": "AimetTorch", "version": package_version("AimetTorch"), "generation": 1,
-                "config": os.path.basename(self.config_file)}
-
-    def fold(self, model: nn.Module, input_shape) -> int:
-        return len(self._fold(model, input_shape))
 
     def create_sim(self, model: nn.Module, dummy: torch.Tensor, param_bw: int, output_bw: int):
         # the zoo's call: quant_scheme "tf", rounding_mode left at its default "nearest"
@@ -58,9 +43,6 @@ class Adapter:
             model, dummy_input=dummy, quant_scheme="tf", rounding_mode="nearest",
             default_output_bw=output_bw, default_param_bw=param_bw, config_file=self.config_file,
         )
-
-    def quantized_model(self, sim) -> nn.Module:
-        return sim.model
 
     def _wrappers(self, sim):
         return [(name, m) for name, m in sim.model.named_modules() if isinstance(m, self._wrapper)]
@@ -104,8 +86,3 @@ class Adapter:
                     for e in encodings
                 ]
         return out
-
-    def export(self, sim, directory: str, prefix: str, dummy: torch.Tensor) -> List[str]:
-        before = set(os.listdir(directory))
-        sim.export(directory, prefix, dummy.cpu())
-        return sorted(set(os.listdir(directory)) - before)

@@ -82,6 +82,15 @@ def _add_visualize_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dataset_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
+        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"),
+        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/ "
+        "(env HRNET_QUANTEVAL_DATASET; /data/coco in the images)",
+    )
+
+
 def _add_artifact_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--artifacts-dir", metavar="DIR", default=None,
@@ -125,12 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate on COCO val2017 and compare with the published numbers",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ev.add_argument(
-        "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
-        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"),
-        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/ "
-        "(env HRNET_QUANTEVAL_DATASET; /data/coco in the images)",
-    )
+    _add_dataset_option(ev)
     ev.add_argument(
         "--fp32-checkpoint", metavar="FILE",
         help="FP32 HRNet weights (state dict or whole pickled model); default: the zoo's hrnet_posenet_FP32.pth",
@@ -188,10 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parity", help="evaluate one model with the native and the reference engine and compare them",
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pa.add_argument(
-        "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
-        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"), help="COCO root (as for eval)",
-    )
+    _add_dataset_option(pa)
     model = pa.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="FILE", help="HRNet weights (default: the zoo's FP32 checkpoint)")
     model.add_argument("--oracle", action="store_true", help="use the self-test's hand-weighted model")
