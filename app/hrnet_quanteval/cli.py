@@ -118,6 +118,11 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with the exit codes."""
+    return commands.add_parser(name, help=help_text, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hrnet-quanteval",
@@ -130,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    ev = commands.add_parser(
-        "eval", help="evaluate on COCO val2017 and compare with the published numbers",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ev = _command(commands, "eval", "evaluate on COCO val2017 and compare with the published numbers")
     _add_dataset_option(ev)
     ev.add_argument(
         "--fp32-checkpoint", metavar="FILE",
@@ -173,9 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(ev)
     _add_visualize_option(ev)
 
-    st = commands.add_parser(
-        "selftest", help="run the whole pipeline on a synthetic set with a model that knows the answer (no COCO needed)",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    st = _command(
+        commands, "selftest", "run the whole pipeline on a synthetic set with a model that knows the answer (no COCO needed)"
     )
     st.add_argument(
         "--images", type=_int_at_least(1, 10000), default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})"
@@ -188,10 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(st)
     _add_visualize_option(st)
 
-    pa = commands.add_parser(
-        "parity", help="evaluate one model with the native and the reference engine and compare them",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    pa = _command(commands, "parity", "evaluate one model with the native and the reference engine and compare them")
     _add_dataset_option(pa)
     model = pa.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="FILE", help="HRNet weights (default: the zoo's FP32 checkpoint)")
@@ -200,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_artifact_options(pa)
     _add_run_options(pa)
 
-    be = commands.add_parser(
-        "bench", help="time every stage on a synthetic set against the model's own forward passes",
-        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    be = _command(commands, "bench", "time every stage on a synthetic set against the model's own forward passes")
     be.add_argument("--instances", type=_int_at_least(1, 100000), default=64, help="person instances (default 64)")
     be.add_argument("--arch", choices=("w32", "tiny"), default="tiny", help="HRNet-W32, or a cheap variant (default)")
     be.add_argument("--engine", choices=("native", "reference", "both"), default="native", help="default native")
