@@ -28,6 +28,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Artifacts and cached FP32 results go to a folder of this session, never to the user's cache."""
+    folder = str(tmp_path_factory.mktemp("cache"))
+    saved = os.environ.get("HRNET_QUANTEVAL_ARTIFACTS")
+    os.environ["HRNET_QUANTEVAL_ARTIFACTS"] = folder
+    yield folder
+    if saved is None:
+        os.environ.pop("HRNET_QUANTEVAL_ARTIFACTS", None)
+    else:
+        os.environ["HRNET_QUANTEVAL_ARTIFACTS"] = saved
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("synth"))

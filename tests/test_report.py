@@ -85,7 +85,7 @@ def test_tty_progress_redraws_in_place_and_quiet_prints_nothing():
 def synthetic_run(synth_root, tiny_checkpoint, tmp_path_factory):
     results = str(tmp_path_factory.mktemp("runs"))
     args = ["eval", "--evaluation-dataset", synth_root, "--fp32-checkpoint", tiny_checkpoint, "--use-cuda", "false",
-            "--workers", "0", "--results-dir", results, "--visualize", "2", "--calibration-images", "8"]
+            "--workers", "0", "--results-dir", results, "--visualize", "2", "--calibration-images", "8", "--no-cache"]
     if not HAVE_AIMET:
         args.append("--fp32-only")
     out = run_cli(*args)
