@@ -180,7 +180,7 @@ def run_bench(args, command: Sequence[str]) -> int:
                 for name in names:
                     engine = pipeline.make_engine(name)  # a fresh engine: nothing cached from the last repetition
                     if name == "reference":
-                        engine._dataset(evalset.root)  # its COCO index, like the native one, is built before timing
+                        engine.prepare(evalset)  # its COCO index, like the native one, is built before timing
                     pipeline.seed_everything(device)
                     passes[name].append(one_pass(engine, model, evalset, device, options, adapter, calibration))
                 floors.append(forward_floor(model, evalset, options, device))

@@ -10,7 +10,7 @@ import contextlib
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -60,6 +60,7 @@ class Instances:
     scales: np.ndarray  # (N, 2) f32
     annotation_ids: np.ndarray  # (N,) int64
     evaluated_image_ids: List[int]  # every image visited, in visiting order (also those without persons)
+    _to_image: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,10 +79,11 @@ class Instances:
         return (s[:, 0] * s[:, 1]).astype(np.float64)
 
     def heatmap_to_image(self) -> np.ndarray:
-        """(N, 2, 3) f64 matrices from heatmap pixels back to image pixels."""
-        if not len(self):
-            return np.zeros((0, 2, 3))
-        return np.stack([crop_matrix(c, s, HEATMAP_SIZE, inverse=True) for c, s in zip(self.centers, self.scales)])
+        """(N, 2, 3) f64 matrices from heatmap pixels back to image pixels (solved once, reused by every pass)."""
+        if self._to_image is None:
+            matrices = [crop_matrix(c, s, HEATMAP_SIZE, inverse=True) for c, s in zip(self.centers, self.scales)]
+            self._to_image = np.stack(matrices) if matrices else np.zeros((0, 2, 3))
+        return self._to_image
 
 
 def select_instances(coco, root: str, max_images: Optional[int] = None) -> Instances:

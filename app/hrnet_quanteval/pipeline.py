@@ -47,12 +47,15 @@ class EvalSet:
     coco: object
     instances: data.Instances
     max_images: Optional[int]
+    _annotation_sha256: Optional[str] = field(default=None, repr=False)
 
     def describe(self) -> Dict[str, object]:
+        if self._annotation_sha256 is None:  # COCO's file is 10 MB: hash it once per run, not per report section
+            self._annotation_sha256 = sha256_file(self.annotation_file)
         return {
             "root": self.root,
             "annotation_file": self.annotation_file,
-            "annotation_sha256": sha256_file(self.annotation_file),
+            "annotation_sha256": self._annotation_sha256,
             "images": len(self.instances.evaluated_image_ids),
             "instances": len(self.instances),
             "max_images": self.max_images,

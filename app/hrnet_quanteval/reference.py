@@ -138,6 +138,10 @@ class ReferenceEngine:
         self.lib = HRNetLib(lib_root)
         self._datasets: Dict[str, object] = {}
 
+    def prepare(self, evalset) -> None:
+        """Build HRNet's COCO index for ``evalset`` now (the native engine's is built by ``open_dataset``)."""
+        self._dataset(evalset.root)
+
     def _dataset(self, root: str):
         if root not in self._datasets:
             self._datasets[root] = self.lib.dataset(root)
