@@ -8,8 +8,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-from hrnet_quanteval import data, pipeline
+from hrnet_quanteval import data
+from hrnet_quanteval.engines.native import NativeEngine
 from hrnet_quanteval.model import build_hrnet, tiny_spec
+from hrnet_quanteval.runtypes import RunOptions
+from hrnet_quanteval.validation import open_dataset
 
 
 def test_bench_writes_ratios_and_stages(tmp_path):
@@ -65,7 +68,7 @@ def test_fp32_results_cache_is_keyed_by_the_checkpoint(synth_root, tiny_checkpoi
 
 
 def test_decoding_each_image_once_gives_the_same_crops(synth_root):
-    evalset = pipeline.open_dataset(synth_root)
+    evalset = open_dataset(synth_root)
     inst = evalset.instances
     shared = data.CropDataset(inst.paths, inst.centers, inst.scales)
     for k in range(len(inst)):
@@ -74,20 +77,20 @@ def test_decoding_each_image_once_gives_the_same_crops(synth_root):
 
 
 def test_crop_cache_serves_exactly_what_the_loader_produced(synth_root):
-    evalset = pipeline.open_dataset(synth_root)
-    engine = pipeline.NativeEngine()
-    options = pipeline.RunOptions(5, 0, True)
+    evalset = open_dataset(synth_root)
+    engine = NativeEngine()
+    options = RunOptions(5, 0, True)
     first = torch.cat([c for c, _ in engine._crops(evalset, len(evalset.instances), options, torch.device("cpu"))])
     second = torch.cat([c for c, _ in engine._crops(evalset, len(evalset.instances), options, torch.device("cpu"))])
     assert torch.equal(first, second) and engine._caches[evalset.annotation_file].holds(len(evalset.instances))
-    small = pipeline.NativeEngine(crop_cache_mb=0)
+    small = NativeEngine(crop_cache_mb=0)
     third = torch.cat([c for c, _ in small._crops(evalset, len(evalset.instances), options, torch.device("cpu"))])
     assert torch.equal(first, third) and not small._caches[evalset.annotation_file].holds(1)
 
 
 @pytest.mark.aimet
 def test_quantizing_weights_once_changes_no_output():
-    from hrnet_quanteval.quantization import QuantPlan, load_adapter, quantize
+    from hrnet_quanteval.quantization.simulate import QuantPlan, load_adapter, quantize
 
     torch.manual_seed(0)
     model = build_hrnet(tiny_spec())

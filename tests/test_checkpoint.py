@@ -91,7 +91,8 @@ def test_state_dict_files_load_through_the_same_function(tmp_path):
 
 @pytest.mark.aimet
 def test_bn_folded_whole_model_loads_into_the_folded_structure(tmp_path):
-    from hrnet_quanteval.quantization import INPUT_SHAPE, load_adapter
+    from hrnet_quanteval.quantization.base import INPUT_SHAPE
+    from hrnet_quanteval.quantization.simulate import load_adapter
 
     torch.manual_seed(0)
     model = build_hrnet(tiny_spec())

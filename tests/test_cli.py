@@ -5,8 +5,8 @@ import os
 import pytest
 from conftest import run_cli
 
-from hrnet_quanteval.cli import parse_bool
 from hrnet_quanteval.evaluation import STAT_NAMES
+from hrnet_quanteval.flags import parse_bool
 
 
 @pytest.mark.parametrize("text, value", [("true", True), ("True", True), ("1", True), ("yes", True),

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hrnet_quanteval import inference, parity, reference
+from hrnet_quanteval import inference, parity
 from hrnet_quanteval.cli import main
+from hrnet_quanteval.engines import reference
 from hrnet_quanteval.errors import EnvironmentProblem
 from hrnet_quanteval.evaluation import STAT_NAMES
 from hrnet_quanteval.model import build_hrnet, pose_hrnet_w32, tiny_spec

@@ -8,12 +8,17 @@ import pytest
 import torch
 from conftest import run_cli
 
-from hrnet_quanteval import data, pipeline
-from hrnet_quanteval.aimet_current import legacy_entries, set_legacy_grid
+from hrnet_quanteval import data
+from hrnet_quanteval.engines.native import NativeEngine
 from hrnet_quanteval.errors import InputError
 from hrnet_quanteval.inference import Normalizer
 from hrnet_quanteval.model import build_hrnet, pose_hrnet_w32, split_relu_sites, tiny_spec
-from hrnet_quanteval.quantization import INPUT_SHAPE, QuantPlan, load_adapter, match_encodings, quantize, read_encodings
+from hrnet_quanteval.quantization.aimet_current import legacy_entries, set_legacy_grid
+from hrnet_quanteval.quantization.base import INPUT_SHAPE
+from hrnet_quanteval.quantization.encodings import match_encodings, read_encodings
+from hrnet_quanteval.quantization.simulate import QuantPlan, load_adapter, quantize
+from hrnet_quanteval.runtypes import RunOptions
+from hrnet_quanteval.validation import open_dataset
 
 pytestmark = pytest.mark.aimet
 
@@ -213,7 +218,7 @@ def test_nested_encodings_file_is_read_from_param_encodings(tmp_path):
 
 
 def test_calibration_uses_the_first_n_crops_whatever_the_batch_size(adapter, synth_root):
-    evalset = pipeline.open_dataset(synth_root)
+    evalset = open_dataset(synth_root)
     model = _tiny()
     count = 7
     first = next(iter(data.crop_loader(evalset.instances.head(count), count, 0)))[0]
@@ -221,8 +226,8 @@ def test_calibration_uses_the_first_n_crops_whatever_the_batch_size(adapter, syn
     encodings = []
     for batch_size in (4, 32):
         seen = []
-        calibrate = pipeline.NativeEngine().calibration(
-            evalset, count, pipeline.RunOptions(batch_size, 0, True), torch.device("cpu")
+        calibrate = NativeEngine().calibration(
+            evalset, count, RunOptions(batch_size, 0, True), torch.device("cpu")
         )
 
         def recording(m, calibrate=calibrate, seen=seen):

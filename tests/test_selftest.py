@@ -7,20 +7,22 @@ import pytest
 import torch
 from conftest import HAVE_AIMET, run_cli
 
-from hrnet_quanteval import inference, pipeline
+from hrnet_quanteval import data, inference, run
 from hrnet_quanteval.oracle import OraclePoseNet
+from hrnet_quanteval.runtypes import RunOptions
 from hrnet_quanteval.synth import FLIP_PAIRS, generate, glyph_mask
+from hrnet_quanteval.validation import open_dataset
 
 
 @pytest.fixture(scope="module")
 def oracle_set(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("oracle_set"))
     generate(root, images=16, seed=4)
-    return pipeline.open_dataset(root)
+    return open_dataset(root)
 
 
 def _fp32_ap(evalset, tmp_path) -> float:
-    outcome = pipeline.execute(evalset, torch.device("cpu"), str(tmp_path), pipeline.RunOptions(16, 0, True), fp32=OraclePoseNet())
+    outcome = run.execute(evalset, torch.device("cpu"), str(tmp_path), RunOptions(16, 0, True), fp32=OraclePoseNet())
     return outcome.models["fp32"]["AP"]
 
 
@@ -41,7 +43,7 @@ def test_oracle_is_made_of_ordinary_layers():
 
 def test_oracle_sees_a_mirrored_left_joint_as_the_right_joint(oracle_set):
     inst = oracle_set.instances
-    crops = next(iter(pipeline.data.crop_loader(inst, 4, 0)))[0]
+    crops = next(iter(data.crop_loader(inst, 4, 0)))[0]
     x = inference.Normalizer(torch.device("cpu"))(crops)
     model = OraclePoseNet()
     with torch.no_grad():

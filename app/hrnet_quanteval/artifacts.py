@@ -8,7 +8,6 @@ match is moved aside (never deleted, never used) and the run stops.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -18,9 +17,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, InputError
+from .files import sha256_file
 from .progress import Progress
 
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts.json")
@@ -51,14 +51,6 @@ def default_cache_dir() -> str:
 def load_manifest(path: str = MANIFEST) -> Dict[str, object]:
     with open(path) as f:
         return json.load(f)
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -231,3 +223,60 @@ def _set_read_timeout(response, seconds: float) -> None:
     sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
     if sock is not None:
         sock.settimeout(seconds)
+
+
+@dataclass
+class Sources:
+    """Which files a run evaluates, and how the quantized model is made."""
+
+    fp32: Optional[str] = None
+    quantized: Optional[str] = None  # path (a): wrap this checkpoint as it is
+    encodings: Optional[str] = None
+    artifacts: Dict[str, object] = field(default_factory=dict)
+    notices: Sequence[str] = ()
+
+
+def resolve_sources(args, quantize: bool) -> Sources:
+    """Local files where given, the zoo's release files (cached, downloaded if needed) for the rest.
+
+    With ``--fp32-checkpoint`` and no ``--quantized-checkpoint`` the FP32 model itself is folded and
+    quantized (path b, weight encodings from ``--encodings`` or from the weights). Otherwise the quantized
+    checkpoint (``--quantized-checkpoint`` or the zoo's) is wrapped as it is with frozen weight encodings
+    (``--encodings`` or the zoo's): the zoo's path (a).
+    """
+    own_fp32 = args.fp32_checkpoint is not None
+    path_a = quantize and (args.quantized_checkpoint is not None or not own_fp32)
+    need_fp32 = not args.skip_fp32 or (quantize and not path_a)
+    wanted: Dict[str, str] = {}  # role -> release name
+    if need_fp32 and not own_fp32:
+        wanted["fp32_checkpoint"] = fp32_name()
+    if path_a:
+        if args.quantized_checkpoint is None or args.encodings is None:
+            if (args.default_param_bw, args.default_output_bw) not in ((8, 8), (4, 8)):
+                raise InputError(
+                    f"the zoo publishes W8A8 and W4A8 only, not W{args.default_param_bw}A{args.default_output_bw}",
+                    "pass --fp32-checkpoint to fold and quantize an FP32 model yourself, or use --default-param-bw 8 or 4",
+                )
+            checkpoint, encodings = quantized_names(args.default_param_bw, args.default_output_bw)
+            if args.quantized_checkpoint is None:
+                wanted["quantized_checkpoint"] = checkpoint
+            if args.encodings is None:
+                wanted["encodings"] = encodings
+    sources = Sources()
+    local = {"fp32_checkpoint": args.fp32_checkpoint if need_fp32 else None,
+             "quantized_checkpoint": args.quantized_checkpoint if path_a else None,
+             "encodings": args.encodings if quantize else None}
+    for role, path in local.items():
+        if path is not None:
+            if not os.path.isfile(path):
+                raise InputError(f"{role.replace('_', ' ')} {path} does not exist", "check the path")
+            sources.artifacts[role] = {"path": path, "sha256": sha256_file(path), "source": "local file"}
+    if wanted:
+        store = ArtifactStore.from_options(args.artifacts_dir, args.artifacts_url, args.offline, args.quiet)
+        fetched = store.fetch_all(list(wanted.values()))
+        for role, name in wanted.items():
+            sources.artifacts[role] = dict(fetched[name].record(), source="zoo release")
+            local[role] = fetched[name].path
+        sources.notices = list(store.notices)
+    sources.fp32, sources.quantized, sources.encodings = local["fp32_checkpoint"], local["quantized_checkpoint"], local["encodings"]
+    return sources

@@ -17,11 +17,14 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from . import data, parity, pipeline, synth
+from . import data, parity, run, synth
 from .errors import EnvironmentProblem
 from .inference import Normalizer
 from .model import W32_SPEC, build_hrnet, tiny_spec
-from .runs import write_atomic
+from .progress import StageTimer
+from .runs import check_writable, in_run_folder, write_atomic
+from .runtypes import EvalSet, RunOptions
+from .validation import open_dataset
 
 STAGES = ("data", "forward", "flip", "decode", "evaluation", "calibration")
 
@@ -36,11 +39,11 @@ def _random_hrnet(arch: str) -> torch.nn.Module:
     return model
 
 
-def synthetic_set(folder: str, instances: int, seed: int) -> pipeline.EvalSet:
+def synthetic_set(folder: str, instances: int, seed: int) -> EvalSet:
     """A synthetic set cut to the first images that hold at least ``instances`` people."""
     full = os.path.join(folder, "full")
     synth.generate(full, images=max(2, instances), seed=seed)
-    evalset = pipeline.open_dataset(full)
+    evalset = open_dataset(full)
     counts = {}
     for image_id in evalset.instances.image_ids:
         counts[int(image_id)] = counts.get(int(image_id), 0) + 1
@@ -50,16 +53,16 @@ def synthetic_set(folder: str, instances: int, seed: int) -> pipeline.EvalSet:
         total += counts.get(image_id, 0)
         if total >= instances:
             break
-    return pipeline.open_dataset(data.write_subset(full, images, os.path.join(folder, "subset")))
+    return open_dataset(data.write_subset(full, images, os.path.join(folder, "subset")))
 
 
-def forward_floor(model: torch.nn.Module, evalset: pipeline.EvalSet, options, device: torch.device) -> float:
+def forward_floor(model: torch.nn.Module, evalset: EvalSet, options, device: torch.device) -> float:
     """Seconds for the model's forward passes alone, plain and mirrored, on inputs already on the device."""
     normalize = Normalizer(device)
     inputs = [normalize(crops.to(device)) for crops, _ in data.crop_loader(evalset.instances, options.batch_size, 0)]
     mirrored = [x.flip(3) for x in inputs]
     model = model.to(device).eval()
-    timer = pipeline.StageTimer(device)
+    timer = StageTimer(device)
     with torch.no_grad():
         start = timer.now()
         for x, xm in zip(inputs, mirrored):
@@ -77,9 +80,9 @@ def _peak_rss_mib() -> Dict[str, float]:
 
 def one_pass(engine, model, evalset, device, options, adapter, calibration_images: int) -> Dict[str, object]:
     """One engine's FP32 evaluation, then calibration and W8A8 evaluation; times in seconds."""
-    from .quantization import QuantPlan
+    from .quantization.simulate import QuantPlan
 
-    timer = pipeline.StageTimer(device)
+    timer = StageTimer(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="hrnet-bench-") as out:
@@ -90,7 +93,7 @@ def one_pass(engine, model, evalset, device, options, adapter, calibration_image
         if adapter is not None:
             plan = QuantPlan(param_bw=8, output_bw=8, calibration_images=calibration_images)
             start = timer.now()
-            result, _ = pipeline.quantize_and_evaluate(model, plan, evalset, device, out, options, timer, adapter, engine)
+            result, _ = run.quantize_and_evaluate(model, plan, evalset, device, out, options, timer, adapter, engine)
             record["w8a8_seconds"] = timer.now() - start
             record["w8a8"] = result
     record["end_to_end_seconds"] = fp32_seconds + float(record.get("w8a8_seconds", 0.0))
@@ -152,13 +155,13 @@ def format_summary(summary: Dict[str, object], instances: int) -> str:
 
 def run_bench(args, command: Sequence[str]) -> int:
     """The ``bench`` subcommand: exit 0 (and 1 when ``--engine both`` finds the engines disagree)."""
-    from .quantization import load_adapter
+    from .quantization.simulate import load_adapter
 
-    device = pipeline.resolve_device(args.use_cuda)
-    pipeline.check_writable(args.results_dir)
+    device = run.resolve_device(args.use_cuda)
+    check_writable(args.results_dir)
     names = ["native", "reference"] if args.engine == "both" else [args.engine]
     if "reference" in names:
-        from .reference import find_lib
+        from .engines.reference import find_lib
 
         find_lib()  # say how to get the lib before any work
     try:
@@ -166,7 +169,7 @@ def run_bench(args, command: Sequence[str]) -> int:
     except EnvironmentProblem:
         adapter = None
         print("AIMET is not installed: timing FP32 only")
-    options = pipeline.RunOptions(args.batch_size, args.workers, quiet=True)
+    options = RunOptions(args.batch_size, args.workers, quiet=True)
     model = _random_hrnet(args.arch)
     with tempfile.TemporaryDirectory(prefix="hrnet-quanteval-bench-") as folder:
         evalset = synthetic_set(folder, args.instances, args.seed)
@@ -178,10 +181,10 @@ def run_bench(args, command: Sequence[str]) -> int:
             floors: List[float] = []
             for repetition in range(args.repeat):
                 for name in names:
-                    engine = pipeline.make_engine(name)  # a fresh engine: nothing cached from the last repetition
+                    engine = run.make_engine(name)  # a fresh engine: nothing cached from the last repetition
                     if name == "reference":
                         engine.prepare(evalset)  # its COCO index, like the native one, is built before timing
-                    pipeline.seed_everything(device)
+                    run.seed_everything(device)
                     passes[name].append(one_pass(engine, model, evalset, device, options, adapter, calibration))
                 floors.append(forward_floor(model, evalset, options, device))
                 print(f"repetition {repetition + 1}/{args.repeat} done")
@@ -209,5 +212,5 @@ def run_bench(args, command: Sequence[str]) -> int:
             print(f"\nbench: {os.path.join(run_dir, 'bench.json')}")
             return code
 
-        return pipeline.in_run_folder(args.results_dir, args.run_id, "bench", work)
+        return in_run_folder(args.results_dir, args.run_id, "bench", work)
 

@@ -15,6 +15,10 @@ import tempfile
 from typing import Dict, Optional
 
 import numpy as np
+import torch
+
+from . import environment
+from .runtypes import EvalSet, Evaluation, RunOptions
 
 FOLDER = "fp32-results"
 
@@ -69,3 +73,58 @@ class ResultsCache:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
             return False
+
+
+class Fp32Cache:
+    """The FP32 row of one run: reused from the results cache when the same key was computed before."""
+
+    def __init__(self, root: str, material: Dict[str, object]) -> None:
+        self.cache = ResultsCache(root)
+        self.material = material
+        self.note = "computed"
+
+    def reuse(self, run_dir: str) -> Optional[Evaluation]:
+        hit = self.cache.load(self.material)
+        if hit is None:
+            return None
+        results_file = os.path.join(run_dir, "keypoints_fp32_results.json")
+        shutil.copyfile(str(hit["results_file"]), results_file)
+        shutil.copyfile(os.path.join(str(hit["folder"]), "cocoeval.txt"), os.path.join(run_dir, "cocoeval_fp32.txt"))
+        self.note = f"reused from {hit['folder']}"
+        print(f"fp32: results reused from the cache ({hit['folder']}): same checkpoint, dataset, code and device; "
+              "--no-cache recomputes them")
+        return Evaluation(hit["stats"], hit["preds"], results_file)  # type: ignore[arg-type]
+
+    def keep(self, result: Evaluation, run_dir: str) -> None:
+        with open(os.path.join(run_dir, "cocoeval_fp32.txt")) as f:
+            log = f.read()
+        if self.cache.store(self.material, result.stats, result.preds, result.results_file, log):
+            self.note = f"computed and cached in {self.cache.path(self.material)}"
+
+
+def source_fingerprint(package: str = os.path.dirname(os.path.abspath(__file__))) -> str:
+    """sha256 over this package's Python sources, subpackages included: any code change makes a new cache key."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in os.walk(package):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest.update(os.path.relpath(path, package).encode() + b"\0" + f.read())
+    return digest.hexdigest()
+
+
+def fp32_cache_material(
+    checkpoint_sha256: str, evalset: EvalSet, device: torch.device, options: RunOptions, engine: str
+) -> Dict[str, object]:
+    """Everything that can move an FP32 number, as the cache key's material."""
+    env = environment.describe(device)
+    return {
+        "checkpoint_sha256": checkpoint_sha256,
+        "dataset": {k: v for k, v in evalset.describe().items() if k != "root" and k != "annotation_file"},
+        "code": {k: env.get(k) for k in ("app_version", "app_git_commit", "torch", "numpy", "opencv", "pycocotools")},
+        "source_sha256": source_fingerprint(),
+        "device": {k: env.get(k) for k in ("device", "gpu_name", "cuda", "cudnn")},
+        "batch_size": options.batch_size,
+        "engine": engine,
+    }

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 
 from . import __version__
 from .errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, QuantEvalError, Terminated, from_worker
+from .flags import int_range, parse_bool
 
 # selftest defaults live here so `--help` works without importing torch-heavy modules
 DEFAULT_IMAGES = 40
@@ -23,36 +24,6 @@ EXIT_CODES = """exit codes:
   130  interrupted (SIGINT); 143 terminated (SIGTERM)
 """
 
-TRUE_WORDS = ("true", "1", "yes")
-FALSE_WORDS = ("false", "0", "no")
-
-
-def parse_bool(text: str) -> Optional[bool]:
-    """true/false/1/0/yes/no (any case); ``auto`` is None. The seed's ``type=bool`` made "False" true."""
-    word = text.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    if word == "auto":
-        return None
-    raise argparse.ArgumentTypeError(f"{text!r} is not one of true, false, 1, 0, yes, no, auto")
-
-
-def _int_at_least(minimum: int, maximum: Optional[int] = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            raise argparse.ArgumentTypeError(f"{value} is out of range: it must be {bound}")
-        return value
-
-    return parse
-
-
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -62,9 +33,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--use-cuda", type=parse_bool, default=None, metavar="BOOL",
         help="true/false/1/0/yes/no; default: use a GPU when PyTorch sees one",
     )
-    parser.add_argument("--batch-size", type=_int_at_least(1, 4096), default=32, help="instances per batch (default 32)")
+    parser.add_argument("--batch-size", type=int_range(1, 4096), default=32, help="instances per batch (default 32)")
     parser.add_argument(
-        "--workers", type=_int_at_least(0, 256), default=default_workers(),
+        "--workers", type=int_range(0, 256), default=default_workers(),
         help=f"data loader processes (default {default_workers()}; 0 loads in the main process)",
     )
     parser.add_argument(
@@ -77,7 +48,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_visualize_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--visualize", type=_int_at_least(0), default=0, metavar="N",
+        "--visualize", type=int_range(0), default=0, metavar="N",
         help="also draw N images with ground-truth and predicted skeletons side by side (visualize/*.png)",
     )
 
@@ -105,15 +76,15 @@ def _add_artifact_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_quant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--default-param-bw", type=_int_at_least(1), default=8, metavar="BITS",
+        "--default-param-bw", type=int_range(1), default=8, metavar="BITS",
         help="weight bitwidth: 8 for W8A8, 4 for W4A8 (default 8)",
     )
     parser.add_argument(
-        "--default-output-bw", type=_int_at_least(1), default=8, metavar="BITS",
+        "--default-output-bw", type=int_range(1), default=8, metavar="BITS",
         help="activation bitwidth (default 8)",
     )
     parser.add_argument(
-        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        "--calibration-images", type=int_range(1), default=384, metavar="N",
         help="activation encodings from the first N crops in loader order (default 384: the zoo's 12 batches of 32)",
     )
 
@@ -161,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute FP32 even when the results cache has this checkpoint, dataset, code and device",
     )
     ev.add_argument(
-        "--crop-cache-mb", type=_int_at_least(0), default=2048, metavar="MB",
+        "--crop-cache-mb", type=int_range(0), default=2048, metavar="MB",
         help="memory for decoded crops reused by calibration and the quantized pass (default 2048; 0: off)",
     )
     ev.add_argument(
@@ -169,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="native: this package's pipeline; reference: the seed's code path through HRNet's patched lib (HRNET_LIB)",
     )
     ev.add_argument(
-        "--max-images", type=_int_at_least(1), default=None, metavar="N",
+        "--max-images", type=int_range(1), default=None, metavar="N",
         help="evaluate only the first N images of the annotation file (quick partial run; no published target)",
     )
     _add_run_options(ev)
@@ -179,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "selftest", "run the whole pipeline on a synthetic set with a model that knows the answer (no COCO needed)"
     )
     st.add_argument(
-        "--images", type=_int_at_least(1, 10000), default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})"
+        "--images", type=int_range(1, 10000), default=DEFAULT_IMAGES, help=f"synthetic images (default {DEFAULT_IMAGES})"
     )
     st.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"synthetic set seed (default {DEFAULT_SEED})")
     st.add_argument(
-        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        "--calibration-images", type=int_range(1), default=384, metavar="N",
         help="calibration crops for the quantized rows (default 384, capped at the set's size)",
     )
     _add_run_options(st)
@@ -194,18 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     model = pa.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="FILE", help="HRNet weights (default: the zoo's FP32 checkpoint)")
     model.add_argument("--oracle", action="store_true", help="use the self-test's hand-weighted model")
-    pa.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N", help="only the first N images")
+    pa.add_argument("--max-images", type=int_range(1), default=None, metavar="N", help="only the first N images")
     _add_artifact_options(pa)
     _add_run_options(pa)
 
     be = _command(commands, "bench", "time every stage on a synthetic set against the model's own forward passes")
-    be.add_argument("--instances", type=_int_at_least(1, 100000), default=64, help="person instances (default 64)")
+    be.add_argument("--instances", type=int_range(1, 100000), default=64, help="person instances (default 64)")
     be.add_argument("--arch", choices=("w32", "tiny"), default="tiny", help="HRNet-W32, or a cheap variant (default)")
     be.add_argument("--engine", choices=("native", "reference", "both"), default="native", help="default native")
-    be.add_argument("--repeat", type=_int_at_least(1, 100), default=3, help="repetitions; medians are reported (default 3)")
+    be.add_argument("--repeat", type=int_range(1, 100), default=3, help="repetitions; medians are reported (default 3)")
     be.add_argument("--seed", type=int, default=DEFAULT_SEED, help="synthetic set seed")
     be.add_argument(
-        "--calibration-images", type=_int_at_least(1), default=384, metavar="N",
+        "--calibration-images", type=int_range(1), default=384, metavar="N",
         help="calibration crops (default 384, capped at the set's size)",
     )
     _add_run_options(be)
@@ -216,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
     sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
-    sy.add_argument("--images", type=_int_at_least(1, 100000), default=32, help="number of images (default 32)")
+    sy.add_argument("--images", type=int_range(1, 100000), default=32, help="number of images (default 32)")
     sy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return parser
 
@@ -245,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C: the run folder is marked, exit 143
     try:
         if args.command == "eval":
-            from .pipeline import run_eval
+            from .run import run_eval
 
             return run_eval(args, command)
         if args.command == "synth":

@@ -117,46 +117,6 @@ def select_instances(coco, root: str, max_images: Optional[int] = None) -> Insta
     )
 
 
-def image_problem(path: str) -> Optional[str]:
-    """Why an image file is unusable, from its size and JPEG markers alone (cheap enough for all 5000), or None."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return "missing"
-    if size == 0:
-        return "empty (0 bytes)"
-    with open(path, "rb") as f:
-        head = f.read(2)
-        f.seek(max(0, size - 64))
-        tail = f.read()
-    if head != b"\xff\xd8":
-        return f"not a JPEG ({size} bytes, starts with {head.hex()})"
-    if b"\xff\xd9" not in tail:
-        return f"truncated JPEG ({size} bytes, no end-of-image marker)"
-    return None
-
-
-def check_images(paths: Sequence[str]) -> None:
-    """Every image a run needs exists and looks like a whole JPEG; all are checked, the first few named."""
-    unique = list(dict.fromkeys(paths))
-    problems = [(p, why) for p, why in ((p, image_problem(p)) for p in unique) if why]
-    if not problems:
-        return
-    missing = [p for p, why in problems if why == "missing"]
-    broken = [(p, why) for p, why in problems if why != "missing"]
-    parts = []
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        parts.append(f"{len(missing)} of {len(unique)} images are missing: {shown}")
-    if broken:
-        shown = "; ".join(f"{p}: {why}" for p, why in broken[:5]) + (" ..." if len(broken) > 5 else "")
-        parts.append(f"{len(broken)} images are unusable: {shown}")
-    raise InputError(
-        "; ".join(parts),
-        "unpack val2017.zip again into images/ so that images/val2017/<12-digit id>.jpg exist and are complete",
-    )
-
-
 def read_rgb(path: str) -> np.ndarray:
     """Decode an image as 8-bit RGB HxWx3, or raise InputError naming the file."""
     if not os.path.isfile(path):

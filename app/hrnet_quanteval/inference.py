@@ -5,15 +5,14 @@ The arithmetic is the reference's, operation for operation, so results are bit-i
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import FLIP_PAIRS
+from .progress import StageTimer
 from .transforms import apply_affine
 
 MEAN = (0.485, 0.456, 0.406)
@@ -133,28 +132,6 @@ def to_image(decoded: np.ndarray, matrices: np.ndarray) -> np.ndarray:
     out[..., :2] = apply_affine(decoded[..., :2], matrices)
     out[..., 2] = decoded[..., 2]
     return out
-
-
-@dataclass
-class StageTimer:
-    """Accumulated wall time per named stage (device work is synchronised before reading the clock)."""
-
-    device: torch.device
-    seconds: Dict[str, float] = field(default_factory=dict)
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def now(self) -> float:
-        self.sync()
-        return time.perf_counter()
-
-    def add(self, stage: str, start: float) -> float:
-        self.sync()
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
-        return now
 
 
 def predict(

@@ -12,8 +12,14 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from . import data, pipeline
+from . import data, run
+from .engines.native import NativeEngine
 from .evaluation import STAT_NAMES
+from .files import sha256_file
+from .progress import StageTimer
+from .runs import check_writable, in_run_folder
+from .runtypes import Outcome, RunOptions
+from .validation import open_dataset
 
 STAT_TOLERANCE = 1e-4
 JOINT_TOLERANCE_PX = 0.01
@@ -81,27 +87,27 @@ def format_comparison(comparisons: Dict[str, Dict[str, object]]) -> str:
 
 def run_parity(args, command: Sequence[str]) -> int:
     """The ``parity`` subcommand; exit 0 when parity holds, 1 when it does not."""
-    from .reference import ReferenceEngine
+    from .engines.reference import ReferenceEngine
 
-    device = pipeline.resolve_device(args.use_cuda)
-    pipeline.check_writable(args.results_dir)
+    device = run.resolve_device(args.use_cuda)
+    check_writable(args.results_dir)
     reference = ReferenceEngine()  # fails early, with how to get the lib, when it is missing
-    native = pipeline.NativeEngine()
-    options = pipeline.RunOptions(args.batch_size, args.workers, args.quiet)
+    native = NativeEngine()
+    options = RunOptions(args.batch_size, args.workers, args.quiet)
     model, artifacts = _model(args)
     with tempfile.TemporaryDirectory(prefix="hrnet-quanteval-parity-") as tmp:
         root = args.evaluation_dataset
         if args.max_images is not None:
-            pipeline.open_dataset(root, args.max_images)  # check the original folder first
+            open_dataset(root, args.max_images)  # check the original folder first
             root = data.write_subset(root, args.max_images, os.path.join(tmp, "subset"))
-        evalset = pipeline.open_dataset(root)
+        evalset = open_dataset(root)
 
         def work(run_id: str, run_dir: str) -> int:
-            pipeline.seed_everything(device)
-            outcome = pipeline.Outcome(timer=pipeline.StageTimer(device), engine="native+reference")
+            run.seed_everything(device)
+            outcome = Outcome(timer=StageTimer(device), engine="native+reference")
             comparisons: Dict[str, Dict[str, object]] = {}
             engines = {}
-            with pipeline.out_of_memory_advice(device, options.batch_size):
+            with run.out_of_memory_advice(device, options.batch_size):
                 for engine in (native, reference):
                     folder = os.path.join(run_dir, engine.name)
                     os.makedirs(folder)
@@ -111,14 +117,14 @@ def run_parity(args, command: Sequence[str]) -> int:
             )
             outcome.models["fp32"] = engines["native"].stats
             verdict = parity_verdict(comparisons)
-            record = pipeline.build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts)
+            record = run.build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts)
             record["parity"] = comparisons
             record["results_files"] = {f"{e}/fp32": f"{e}/keypoints_fp32_results.json" for e in engines}
             print(format_comparison(comparisons))
-            pipeline.finish(run_dir, record, published=False)
+            run.finish(run_dir, record, published=False)
             return 0 if verdict["status"] == "parity_passed" else 1
 
-        return pipeline.in_run_folder(args.results_dir, args.run_id, "parity", work)
+        return in_run_folder(args.results_dir, args.run_id, "parity", work)
 
 
 def _model(args):
@@ -129,7 +135,7 @@ def _model(args):
 
         return OraclePoseNet(), {"model": "self-test oracle"}
     if args.checkpoint:
-        record = {"path": args.checkpoint, "sha256": pipeline.sha256_file(args.checkpoint)}
+        record = {"path": args.checkpoint, "sha256": sha256_file(args.checkpoint)}
         return load_hrnet(args.checkpoint), {"fp32_checkpoint": record}
     from .artifacts import ArtifactStore, fp32_name
 

@@ -1,7 +1,7 @@
 """Can this host run the request on a GPU? Checked before any compute, explained when not.
 
 ``python -m hrnet_quanteval.preflight --use-cuda VALUE`` is what the container's entry point runs; the CLI
-uses ``check`` through ``pipeline.resolve_device``.
+uses ``check`` through ``run.resolve_device``.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from .errors import EXIT_ENVIRONMENT, EnvironmentProblem
+from .flags import parse_bool
 
 NO_GPU_FIX = (
     "check that the NVIDIA driver works on the host (nvidia-smi); in Docker, install the NVIDIA container "
@@ -74,8 +75,6 @@ def check(use_cuda: Optional[bool]) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import parse_bool
-
     parser = argparse.ArgumentParser(prog="python -m hrnet_quanteval.preflight")
     parser.add_argument("--use-cuda", type=parse_bool, default=None)
     args = parser.parse_args(argv)

@@ -1,9 +1,12 @@
-"""Progress for long loops: a live bar with ETA on a terminal, a few plain lines otherwise."""
+"""Progress for long loops (a live bar with ETA on a terminal, a few plain lines otherwise) and stage timing."""
 from __future__ import annotations
 
 import sys
 import time
-from typing import Optional, TextIO
+from dataclasses import dataclass, field
+from typing import Dict, Optional, TextIO
+
+import torch
 
 
 def _duration(seconds: float) -> str:
@@ -57,3 +60,25 @@ class Progress:
         if not self.quiet and self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+@dataclass
+class StageTimer:
+    """Accumulated wall time per named stage (device work is synchronised before reading the clock)."""
+
+    device: torch.device
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    def add(self, stage: str, start: float) -> float:
+        self.sync()
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now

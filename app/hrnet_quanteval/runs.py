@@ -6,9 +6,9 @@ import json
 import os
 import tempfile
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
-from .errors import EnvironmentProblem, InputError
+from .errors import EnvironmentProblem, InputError, Terminated
 
 STATUS_FILE = "status.json"
 
@@ -99,3 +99,31 @@ def mark(run_dir: str, status: str, detail: str = "") -> None:
     if detail:
         record["detail"] = detail
     write_atomic(os.path.join(run_dir, STATUS_FILE), json.dumps(record) + "\n")
+
+
+def in_run_folder(results_dir: str, run_id: Optional[str], label: str, work: Callable[[str, str], int]) -> int:
+    """Create the run folder, run ``work(run_id, run_dir)``, and mark the folder with how it ended.
+
+    An interrupted or failed run keeps whatever it wrote but never gets a report.json; status.json says why.
+    """
+    run_id, run_dir = create_run_dir(results_dir, run_id, label)
+    try:
+        code = work(run_id, run_dir)
+    except KeyboardInterrupt:
+        _mark_quietly(run_dir, "interrupted", "SIGINT")
+        raise
+    except Terminated:
+        _mark_quietly(run_dir, "interrupted", "SIGTERM")
+        raise
+    except BaseException as error:
+        _mark_quietly(run_dir, "failed", f"{type(error).__name__}: {error}")
+        raise
+    mark(run_dir, "complete")
+    return code
+
+
+def _mark_quietly(run_dir: str, status: str, detail: str) -> None:
+    try:
+        mark(run_dir, status, detail)
+    except (OSError, EnvironmentProblem):  # a full disk must not hide the error that stopped the run
+        pass

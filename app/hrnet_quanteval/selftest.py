@@ -10,9 +10,12 @@ from __future__ import annotations
 import tempfile
 from typing import Dict, Sequence
 
-from . import pipeline, synth
+from . import run, synth
 from .errors import EnvironmentProblem
 from .oracle import OraclePoseNet
+from .runs import check_writable, in_run_folder
+from .runtypes import RunOptions
+from .validation import open_dataset
 
 PASS_AP = 0.9  # the oracle's FP32 AP must reach this
 QUANT_MAX_DROP = 0.02  # W8A8 may lose at most this much AP against FP32
@@ -35,38 +38,38 @@ def selftest_verdict(models: Dict[str, Dict[str, float]]) -> Dict[str, object]:
 
 def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)) -> int:
     """Generate the set, evaluate the oracle FP32 and (with AIMET) W8A8 and W4A8; exit 0 when FP32 passes."""
-    from .quantization import QuantPlan, load_adapter
+    from .quantization.simulate import QuantPlan, load_adapter
 
-    device = pipeline.resolve_device(args.use_cuda)
-    pipeline.check_writable(args.results_dir)
+    device = run.resolve_device(args.use_cuda)
+    check_writable(args.results_dir)
     try:
         adapter = load_adapter()
     except EnvironmentProblem:
         adapter = None
-    options = pipeline.RunOptions(args.batch_size, args.workers, args.quiet)
+    options = RunOptions(args.batch_size, args.workers, args.quiet)
     with tempfile.TemporaryDirectory(prefix="hrnet-quanteval-selftest-") as root:
         synth.generate(root, images=args.images, seed=args.seed)
-        evalset = pipeline.open_dataset(root)
+        evalset = open_dataset(root)
         oracle = OraclePoseNet()
 
         def work(run_id: str, run_dir: str) -> int:
-            outcome = pipeline.execute(evalset, device, run_dir, options, fp32=oracle)
+            outcome = run.execute(evalset, device, run_dir, options, fp32=oracle)
             if adapter is None:
                 print("AIMET is not installed: quantized self-test rows skipped")
             else:
                 for bits in quantized:
                     plan = QuantPlan(param_bw=bits, output_bw=8, calibration_images=args.calibration_images)
-                    result, info = pipeline.quantize_and_evaluate(
+                    result, info = run.quantize_and_evaluate(
                         oracle, plan, evalset, device, run_dir, options, outcome.timer, adapter
                     )
                     outcome.models[plan.key] = result.stats
                     outcome.evaluations[plan.key] = result
                     outcome.quantization[plan.key] = info
             verdict = selftest_verdict(outcome.models)
-            record = pipeline.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
+            record = run.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
             record["dataset"]["synthetic_seed"] = args.seed
-            pipeline.finish(run_dir, record, published=False, outcome=outcome, evalset=evalset, visualize=args.visualize)
+            run.finish(run_dir, record, published=False, outcome=outcome, evalset=evalset, visualize=args.visualize)
             return 0 if verdict["status"] == "selftest_passed" else 1
 
-        return pipeline.in_run_folder(args.results_dir, args.run_id, "selftest", work)
+        return in_run_folder(args.results_dir, args.run_id, "selftest", work)
 

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import EnvironmentProblem
-from .evaluation import STAT_NAMES
-from .inference import MEAN, STD
+from ..errors import EnvironmentProblem
+from ..evaluation import STAT_NAMES
+from ..inference import MEAN, STD
+from ..runtypes import Evaluation
+from .base import Calibrate, Engine
 
 LIB_PACKAGES = ("config", "core", "dataset", "models", "nms", "utils")
 LIB_ENV = "HRNET_LIB"
@@ -129,7 +131,7 @@ class HRNetLib:
             return self.COCODataset(self.cfg, root, "val2017", False, transform)
 
 
-class ReferenceEngine:
+class ReferenceEngine(Engine):
     """Evaluation and calibration through HRNet's code, with the same interface as the native engine."""
 
     name = "reference"
@@ -155,8 +157,6 @@ class ReferenceEngine:
 
     def evaluate(self, name: str, model: nn.Module, evalset, device: torch.device, run_dir: str, options, timer):
         """The seed's ``validate`` on ``model``; the results file lands as ``keypoints_<name>_results.json``."""
-        from .pipeline import Evaluation
-
         if evalset.max_images is not None:
             raise EnvironmentProblem(
                 "the reference engine evaluates whole annotation files, not --max-images",
@@ -192,7 +192,7 @@ class ReferenceEngine:
         return Evaluation(stats, captured["preds"], results_file)
 
     def calibration(self, evalset, count: int, options, device: torch.device,
-                    on_batch: Optional[Callable[[int], None]] = None) -> Callable[[nn.Module], None]:
+                    on_batch: Optional[Callable[[int], None]] = None) -> Calibrate:
         """The zoo's callback: forward passes over the lib's loader from its start, first ``count`` samples only."""
 
         def calibrate(model: nn.Module) -> None:

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from .quantization import AdapterBase
+from .base import AdapterBase
 
 
 class Adapter(AdapterBase):

@@ -19,8 +19,8 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from .model import split_relu_sites
-from .quantization import AdapterBase
+from ..model import split_relu_sites
+from .base import AdapterBase
 
 
 def _is_true(value) -> bool:

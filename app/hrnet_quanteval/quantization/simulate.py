@@ -1,0 +1,116 @@
+"""Quantized evaluation with AIMET, as the zoo ran it (spec sections 8.2, 8.5, 9).
+
+QuantSim with the TF (min/max) scheme and the per-channel config, weight encodings loaded from a 1.22-style
+file and frozen (or computed from the weights), activation encodings from the first N validation crops in
+loader order without flip, then evaluation of ``sim.model`` through the same ``predict`` as FP32.
+
+The AIMET generation is hidden behind an adapter picked by what is installed: ``aimet_legacy`` for AIMET
+1.22 (the ``legacy`` image), ``aimet_current`` for aimet-torch 2.x (the ``current`` image and CI).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..errors import EnvironmentProblem
+from .base import INPUT_SHAPE, check_bitwidths
+from .encodings import match_encodings, read_encodings
+
+CALIBRATION_BATCHES = 12  # the zoo's callback runs batches 0..11 before its `i > 10` break
+SEED_BATCH_SIZE = 32
+DEFAULT_CALIBRATION_IMAGES = CALIBRATION_BATCHES * SEED_BATCH_SIZE  # 384
+
+
+@dataclass
+class QuantPlan:
+    """What to quantize and how; ``encodings`` None computes weight encodings from the weights."""
+
+    param_bw: int = 8
+    output_bw: int = 8
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    encodings: Optional[str] = None
+    fold_batch_norms: bool = True
+    export_dir: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return f"w{self.param_bw}a{self.output_bw}"
+
+
+@dataclass
+class Quantized:
+    """A calibrated sim and what was done to get it."""
+
+    model: nn.Module
+    sim: object
+    info: Dict[str, object] = field(default_factory=dict)
+
+
+def load_adapter():
+    """The adapter for the installed AIMET generation, or an error saying how to get one."""
+    try:
+        import aimet_torch  # noqa: F401
+    except ImportError as error:
+        raise EnvironmentProblem(
+            f"AIMET is not importable ({error})",
+            "use the legacy or current image, or `pip install aimet-torch` (2.x, Python >= 3.10); "
+            "pass --fp32-only to evaluate FP32 without AIMET",
+        ) from None
+    try:
+        import aimet_torch.common.defs  # noqa: F401  (aimet-torch 2.x)
+
+        legacy = False
+    except ImportError:
+        legacy = True  # AIMET 1.x: QuantScheme lives in aimet_common.defs
+    if legacy:
+        from . import aimet_legacy
+
+        return aimet_legacy.Adapter()
+    from . import aimet_current
+
+    return aimet_current.Adapter()
+
+
+def quantize(
+    model: nn.Module,
+    plan: QuantPlan,
+    calibrate: Callable[[nn.Module], None],
+    device: torch.device,
+    adapter=None,
+    accelerate: bool = False,
+) -> Quantized:
+    """Fold (optionally), build the sim, freeze weight encodings from a file (optionally), calibrate, export.
+
+    ``accelerate`` quantizes the weights once, before calibration, instead of on every forward pass (where
+    the installed AIMET can; not with ``export_dir``, which needs the weight quantizers): the same numbers.
+    """
+    check_bitwidths(plan.param_bw, plan.output_bw)
+    adapter = adapter or load_adapter()
+    model = copy.deepcopy(model).to(device).eval()
+    info: Dict[str, object] = {"aimet": adapter.describe(), "param_bw": plan.param_bw, "output_bw": plan.output_bw}
+    if plan.fold_batch_norms:
+        info["folded_batch_norms"] = adapter.fold(model, INPUT_SHAPE)
+    dummy = torch.randn(INPUT_SHAPE, device=device)  # only traced; its values never reach any statistics
+    sim = adapter.create_sim(model, dummy, plan.param_bw, plan.output_bw)
+    if plan.encodings is not None:
+        encodings = read_encodings(plan.encodings)
+        match_encodings(encodings, adapter.param_channels(sim), plan.encodings)
+        adapter.load_param_encodings(sim, encodings, plan.encodings)
+        info["frozen_param_encodings"] = len(encodings)
+        bitwidths = sorted({int(v[0]["bitwidth"]) for v in encodings.values()})
+        info["param_bitwidths_in_file"] = bitwidths
+    else:
+        info["frozen_param_encodings"] = 0
+    info["quantizers"] = adapter.summary(sim)
+    if accelerate and not plan.export_dir:
+        info["weights_quantized_once"] = adapter.fold_param_quantizers(sim)
+    adapter.compute_encodings(sim, calibrate)
+    if plan.export_dir:
+        os.makedirs(plan.export_dir, exist_ok=True)
+        info["export"] = adapter.export(sim, plan.export_dir, f"hrnet_{plan.key}", dummy)
+    return Quantized(adapter.quantized_model(sim), sim, info)
