@@ -15,7 +15,9 @@ NAME = "hrnet_posenet_W8A8.encodings"
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Paths: /ok/, /cut/ (first response dies half way), /404/, /stall/ (headers, then silence), /other/."""
+    """Paths: /ok/, /cut/ (first response dies half way), /404/, /stall/ (headers, then silence), /other/,
+    /slow/ (the body in ten slices over about a second), /badrange/ (a cut first response, then 206 answers
+    that always start at byte 0 whatever was asked)."""
 
     cut_done = set()
     requests = []
@@ -32,7 +34,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = os.urandom(len(PAYLOAD)) if mode == "other" else PAYLOAD
         start = 0
         rng = self.headers.get("Range")
-        if rng:
+        if rng and mode == "badrange":
+            self.send_response(206)  # claims a partial answer, but sends everything from 0
+            self.send_header("Content-Range", f"bytes 0-{len(body) - 1}/{len(body)}")
+        elif rng:
             start = int(rng.split("=")[1].split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
@@ -43,7 +48,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "stall":
             time.sleep(2.0)
             return
-        if mode == "cut" and self.path not in Handler.cut_done:
+        if mode == "slow":
+            step = len(body) // 10 + 1
+            for offset in range(start, len(body), step):
+                self.wfile.write(body[offset: offset + step])
+                self.wfile.flush()
+                time.sleep(0.1)
+            return
+        if mode in ("cut", "badrange") and self.path not in Handler.cut_done:
             Handler.cut_done.add(self.path)
             self.wfile.write(body[start: start + 100_000])
             self.wfile.flush()
@@ -158,3 +170,66 @@ def test_eval_w4a8_offline_lists_the_three_zoo_files(tmp_path, synth_root):
         assert name in out.stderr
     assert "releases/download/hrnet-posenet/hrnet_posenet_W4A8.pth" in out.stderr
     assert not (tmp_path / "r").exists() or not os.listdir(tmp_path / "r")  # failed before any run folder
+
+
+def test_two_processes_fetching_one_file_into_one_cache_share_one_complete_download(server, tmp_path):
+    """Two `docker compose run` on the artifacts volume: one downloads, the other waits; both use the whole file."""
+    import subprocess
+    import sys
+
+    cache = tmp_path / "shared-cache"
+    code = (
+        "import sys\n"
+        "from hrnet_quanteval.artifacts import ArtifactStore\n"
+        "store = ArtifactStore(cache_dir=sys.argv[1], base_url=sys.argv[2], files={}, quiet=False)\n"
+        "got = store.fetch(sys.argv[3])\n"
+        "print(got.sha256, got.size, got.downloaded)\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(cache), f"{server}/slow", NAME],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    want = hashlib.sha256(PAYLOAD).hexdigest()
+    lines = sorted(out.split() for out, _ in outs)
+    assert [line[:2] for line in lines] == [[want, str(len(PAYLOAD))]] * 2
+    assert sorted(line[2] for line in lines) == ["False", "True"]  # one downloaded, the other used its file
+    assert any("another process is fetching it" in err for _, err in outs)
+    assert (cache / NAME).read_bytes() == PAYLOAD and not (cache / (NAME + ".part")).exists()
+
+
+def test_a_206_for_another_range_is_not_appended(server, tmp_path):
+    """The first response is cut; the resume is answered with a 206 from byte 0: the part file starts over."""
+    store = _store(tmp_path, f"{server}/badrange")
+    fetched = store.fetch(NAME)
+    assert (tmp_path / "cache" / NAME).read_bytes() == PAYLOAD and fetched.size == len(PAYLOAD)
+
+
+def test_a_cached_file_that_no_longer_matches_its_download_is_moved_aside(server, tmp_path):
+    store = _store(tmp_path, f"{server}/ok")
+    store.fetch(NAME)
+    with open(tmp_path / "cache" / NAME, "ab") as f:
+        f.write(b"interleaved bytes of another writer")
+    with pytest.raises(EnvironmentProblem, match="does not match its download") as raised:
+        _store(tmp_path, f"{server}/ok").fetch(NAME)
+    assert "moved to" in str(raised.value) and not (tmp_path / "cache" / NAME).exists()
+    assert any(name.startswith(NAME + ".bad-") for name in os.listdir(tmp_path / "cache"))
+    assert _store(tmp_path, f"{server}/ok").fetch(NAME).sha256 == hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("not a url", "is not a URL"), ("ftp://mirror.example/x", "scheme 'ftp'"), ("https://", "no host"),
+    ("http://host:port/x", "is not a URL"), ("   ", "is not a URL"), ("mirror.example.org/x", "scheme ''"),
+])
+def test_malformed_mirror_urls_are_usage_errors(url, words, tmp_path, monkeypatch, capsys, synth_root):
+    from hrnet_quanteval.cli import main
+
+    base = ["eval", "--evaluation-dataset", synth_root, "--use-cuda", "false", "--fp32-only", "--quiet",
+            "--artifacts-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path / "r")]
+    assert main(base + ["--artifacts-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "--artifacts-url" in err and words in err and "Traceback" not in err
+    monkeypatch.setenv("HRNET_QUANTEVAL_ARTIFACTS_URL", url)
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "HRNET_QUANTEVAL_ARTIFACTS_URL" in err and words in err
+    assert not (tmp_path / "r").exists() or not os.listdir(tmp_path / "r")

@@ -1,10 +1,13 @@
-"""Container files checked without a Docker engine: patches, the patch-and-build script, the entry point."""
+"""Container files checked without a Docker engine: patches, the patch-and-build script, the entry point,
+the Dockerfile, .dockerignore, the compose file and the image workflow (read, not run)."""
 import os
 import re
+import stat
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PATCHES = sorted(os.path.join(ROOT, "patches", p) for p in os.listdir(os.path.join(ROOT, "patches")) if p.endswith(".patch"))
@@ -120,14 +123,10 @@ def test_prepare_script_fails_when_a_patch_does_not_apply(tmp_path):
     assert not (tmp_path / "lib").exists()  # nothing half-prepared is left behind
 
 
-HRNET_SRC = os.environ.get("HRNET_SRC")
-
-
-@pytest.mark.skipif(not HRNET_SRC, reason="set HRNET_SRC to a checkout of HRNet-Human-Pose-Estimation at 00d7bf72 to run")
-def test_patches_apply_to_the_pinned_commit_and_nms_builds(tmp_path):
+def test_patches_apply_to_the_pinned_commit_and_nms_builds(tmp_path, hrnet_src):
     dest = tmp_path / "hrnet-lib"
     env = dict(os.environ, PYTHON=sys.executable)
-    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "prepare-hrnet-lib.sh"), HRNET_SRC, str(dest)],
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", "prepare-hrnet-lib.sh"), hrnet_src, str(dest)],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     with open(dest / "core" / "function.py") as f:
@@ -168,6 +167,8 @@ def test_entrypoint_explains_a_missing_gpu(tmp_path):
         out = _entrypoint(*args, HRNET_QUANTEVAL_DATASET=str(tmp_path))
         assert out.returncode == 3, out.stderr
         assert "NVIDIA container toolkit" in out.stderr and "--use-cuda false" in out.stderr
+        given = "--use-cuda true was given" in out.stderr
+        assert given == ("--use-cuda" in args), f"the preflight must say what was given for {args}: {out.stderr}"
 
 
 def test_entrypoint_runs_the_selftest(tmp_path):
@@ -198,3 +199,331 @@ def test_fetch_script_checks_out_exactly_the_commit(tmp_path):
     assert bad.returncode != 0 and "cannot fetch" in bad.stderr
     again = subprocess.run(["bash", script, str(src), head, str(tmp_path / "copy")], capture_output=True, text=True)
     assert again.returncode != 0 and "exists already" in again.stderr
+
+
+# --- the entry point against stubs: which commands it runs, with which arguments -------------------------
+
+STUB = """#!/usr/bin/env bash
+printf '%s\\n' "$(basename "$0") $*" >>"$STUB_LOG"
+if [ "$(basename "$0")" = hrnet-quanteval ]; then
+    printf 'umask %s\\n' "$(umask)" >>"$STUB_LOG"
+    printf 'home %s\\n' "$HOME" >>"$STUB_LOG"
+    if [ -n "${STUB_WRITE:-}" ]; then echo written >"$STUB_WRITE"; fi
+    exit 0
+fi
+exit "${STUB_PREFLIGHT_RC:-0}"
+"""
+
+
+def _stubbed_entrypoint(tmp_path, *args, **env):
+    """Run entrypoint.sh with `python` and `hrnet-quanteval` replaced by stubs; (result, logged command lines)."""
+    bin_dir = tmp_path / "stub-bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("python", "hrnet-quanteval"):
+        (bin_dir / name).write_text(STUB)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "stub.log"
+    if log.exists():
+        log.unlink()
+    full_env = {key: value for key, value in os.environ.items() if not key.startswith("HRNET_QUANTEVAL_")}
+    full_env.update(PATH=str(bin_dir) + os.pathsep + os.environ.get("PATH", ""), STUB_LOG=str(log), HOME=str(tmp_path))
+    full_env.update(env)
+    out = subprocess.run(["bash", os.path.join(ROOT, "entrypoint.sh"), *args], capture_output=True, text=True,
+                         env=full_env, timeout=60)
+    lines = log.read_text().splitlines() if log.exists() else []
+    return out, lines
+
+
+def _commands(lines):
+    return [line for line in lines if line.startswith(("python ", "hrnet-quanteval "))]
+
+
+@pytest.mark.parametrize("args, runs", [
+    (("--help",), "hrnet-quanteval --help"),
+    (("-h",), "hrnet-quanteval -h"),
+    (("--version",), "hrnet-quanteval --version"),
+    (("eval", "--help"), "hrnet-quanteval eval --help"),
+    (("--default-param-bw", "4", "--help"), "hrnet-quanteval eval --default-param-bw 4 --help"),
+    (("selftest", "--use-cuda", "true", "-h"), "hrnet-quanteval selftest --use-cuda true -h"),
+    (("parity", "--version"), "hrnet-quanteval --version"),
+    (("eval", "--fp32-only", "--version"), "hrnet-quanteval --version"),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else None)
+def test_entrypoint_help_and_version_anywhere_skip_the_gpu_and_dataset_checks(tmp_path, args, runs):
+    # a preflight would fail (no GPU) and the dataset is missing: neither may be looked at
+    out, lines = _stubbed_entrypoint(tmp_path, *args, STUB_PREFLIGHT_RC="3",
+                                     HRNET_QUANTEVAL_DATASET=str(tmp_path / "missing"))
+    assert out.returncode == 0, out.stderr
+    assert _commands(lines) == [runs], "no preflight, and the CLI sees the arguments as given"
+
+
+@pytest.mark.parametrize("args, preflight", [
+    ((), "python -m hrnet_quanteval.preflight --use-cuda auto --require-gpu"),
+    (("--default-param-bw", "4"), "python -m hrnet_quanteval.preflight --use-cuda auto --require-gpu"),
+    (("eval", "--use-cuda", "true"), "python -m hrnet_quanteval.preflight --use-cuda true"),
+    (("eval", "--use-cuda=false"), "python -m hrnet_quanteval.preflight --use-cuda false"),
+    (("eval", "--use-cuda", "auto"), "python -m hrnet_quanteval.preflight --use-cuda auto"),
+    (("selftest",), "python -m hrnet_quanteval.preflight --use-cuda auto"),
+    (("parity", "--use-cuda", "no"), "python -m hrnet_quanteval.preflight --use-cuda no"),
+], ids=lambda v: " ".join(v) or "no-arguments" if isinstance(v, tuple) else None)
+def test_entrypoint_tells_the_preflight_what_was_given(tmp_path, args, preflight):
+    """Without --use-cuda, eval's preflight gets `auto --require-gpu`, never a `true` nobody gave."""
+    dataset = tmp_path / "coco"
+    (dataset / "annotations").mkdir(parents=True)
+    out, lines = _stubbed_entrypoint(tmp_path, *args, HRNET_QUANTEVAL_DATASET=str(dataset))
+    assert out.returncode == 0, out.stderr
+    commands = _commands(lines)
+    assert commands[0] == preflight and len(commands) == 2
+    assert commands[1].startswith("hrnet-quanteval " + (args[0] if args and not args[0].startswith("-") else "eval"))
+
+
+def test_entrypoint_stops_when_the_preflight_fails(tmp_path):
+    out, lines = _stubbed_entrypoint(tmp_path, "--default-param-bw", "4", STUB_PREFLIGHT_RC="3",
+                                     HRNET_QUANTEVAL_DATASET=str(tmp_path))
+    assert out.returncode == 3
+    assert not any(line.startswith("hrnet-quanteval") for line in lines), "no evaluation after a failed preflight"
+
+
+@pytest.mark.parametrize("subcommand", ["eval", "parity"])
+def test_entrypoint_explains_a_missing_or_empty_dataset_naming_coco_dir(tmp_path, subcommand):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for dataset, words in ((tmp_path / "missing", "does not exist"), (empty, "is empty")):
+        out, lines = _stubbed_entrypoint(tmp_path, subcommand, HRNET_QUANTEVAL_DATASET=str(dataset))
+        assert out.returncode == 2, out.stderr
+        message = out.stderr.strip()
+        assert f"{dataset} {words}" in message and "COCO_DIR" in message and "/data/coco" in message
+        assert "\n" not in message, "one paragraph"
+        assert not any(line.startswith("hrnet-quanteval") for line in lines)
+
+
+def test_entrypoint_dataset_check_follows_the_flag_over_the_environment(tmp_path):
+    good = tmp_path / "coco"
+    (good / "val2017").mkdir(parents=True)
+    for flag in (["--evaluation-dataset", str(good)], ["--evaluation-dataset=" + str(good)]):
+        out, lines = _stubbed_entrypoint(tmp_path, "eval", *flag, HRNET_QUANTEVAL_DATASET=str(tmp_path / "missing"))
+        assert out.returncode == 0, out.stderr
+        assert _commands(lines)[-1] == "hrnet-quanteval eval " + " ".join(flag)
+    out, _ = _stubbed_entrypoint(tmp_path, "eval", "--evaluation-dataset", str(tmp_path / "gone"),
+                                 HRNET_QUANTEVAL_DATASET=str(good))
+    assert out.returncode == 2 and "gone does not exist" in out.stderr
+    # selftest, synth, bench and compare need no dataset
+    out, _ = _stubbed_entrypoint(tmp_path, "selftest", HRNET_QUANTEVAL_DATASET=str(tmp_path / "missing"))
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("value, mode", [(None, 0o644), ("0002", 0o664), ("077", 0o600)])
+def test_entrypoint_umask_gives_results_its_modes(tmp_path, value, mode):
+    env = {"STUB_WRITE": str(tmp_path / "report.json")}
+    if value is not None:
+        env["HRNET_QUANTEVAL_UMASK"] = value
+    out, lines = _stubbed_entrypoint(tmp_path, "synth", str(tmp_path / "s"), **env)
+    assert out.returncode == 0, out.stderr
+    assert stat.S_IMODE(os.stat(tmp_path / "report.json").st_mode) == mode
+
+
+def test_entrypoint_refuses_a_bad_umask(tmp_path):
+    out, lines = _stubbed_entrypoint(tmp_path, "synth", "x", HRNET_QUANTEVAL_UMASK="rw-r--r--")
+    assert out.returncode == 2 and "HRNET_QUANTEVAL_UMASK" in out.stderr and not lines
+
+
+def test_entrypoint_gives_a_user_without_a_home_one(tmp_path):
+    """compose's user: HOST_UID has no passwd entry, so its HOME is / (or nowhere), which it cannot write."""
+    _, lines = _stubbed_entrypoint(tmp_path, "synth", "x", HOME=str(tmp_path / "no-such-home"))
+    assert "home /tmp" in lines
+    _, lines = _stubbed_entrypoint(tmp_path, "synth", "x")
+    assert f"home {tmp_path}" in lines, "a writable HOME is kept"
+
+
+# --- the Dockerfile, read --------------------------------------------------------------------------------
+
+FINAL_STAGES = ("legacy", "current")
+BUILD_STAGES = {"legacy": "legacy-build", "current": "current-build"}
+PER_COMMIT_ARGS = ("APP_GIT_COMMIT", "APP_UID")
+INSTALLS = re.compile(r"apt-get install|pip install")
+
+
+def _dockerfile_instructions():
+    """The Dockerfile's instructions, continuation lines joined and comment lines dropped."""
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        lines = f.read().split("\n")
+    instructions, pending = [], ""
+    for line in lines:
+        if line.strip().startswith("#") or (not pending and not line.strip()):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        instructions.append(" ".join((pending + line).split()))
+        pending = ""
+    return instructions
+
+
+def _dockerfile_stages():
+    """{stage name: (resolved base image, [instructions])} and the global ARG defaults."""
+    global_args, stages, current = {}, {}, None
+    for instruction in _dockerfile_instructions():
+        keyword, _, rest = instruction.partition(" ")
+        if keyword == "FROM":
+            m = re.match(r"(\S+) AS (\S+)$", rest)
+            assert m, f"every stage is named: {instruction}"
+            base = re.sub(r"\$\{(\w+)\}", lambda v: global_args[v.group(1)], m.group(1))
+            current = m.group(2)
+            stages[current] = (base, [])
+        elif current is None:
+            assert keyword == "ARG", instruction
+            name, _, default = rest.partition("=")
+            global_args[name] = default
+        else:
+            stages[current][1].append(instruction)
+    return stages, global_args
+
+
+def test_final_stages_run_on_cuda_runtime_images_and_builders_on_devel():
+    stages, _ = _dockerfile_stages()
+    for final in FINAL_STAGES:
+        base, body = stages[final]
+        assert base.startswith("nvidia/cuda:") and "-runtime-" in base and "devel" not in base, f"{final}: {base}"
+        build_base = stages[BUILD_STAGES[final]][0]
+        assert "-devel-" in build_base, f"{BUILD_STAGES[final]} builds NMS with nvcc: {build_base}"
+        assert base == build_base.replace("-devel-", "-runtime-"), "the same CUDA, cuDNN and Ubuntu in both"
+        for folder in ("/opt/venv", "/opt/hrnet"):
+            assert f"COPY --from={BUILD_STAGES[final]} {folder} {folder}" in body
+    assert stages["legacy"][0] == "nvidia/cuda:11.1.1-cudnn8-runtime-ubuntu18.04"
+    assert stages["current"][0] == "nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04"
+
+
+def test_per_commit_and_per_host_args_come_after_every_install():
+    stages, global_args = _dockerfile_stages()
+    assert not set(PER_COMMIT_ARGS) & set(global_args), "declared where used, not at the top"
+    for name, (_, body) in stages.items():
+        declared = [i for i, line in enumerate(body) if re.match(r"ARG (%s)\b" % "|".join(PER_COMMIT_ARGS), line)]
+        if name not in FINAL_STAGES:
+            assert not declared, f"{name} must not see per-commit ARGs: every layer would change with each commit"
+            continue
+        last_install = max(i for i, line in enumerate(body) if line.startswith("RUN") and INSTALLS.search(line))
+        assert len(declared) == len(PER_COMMIT_ARGS) and min(declared) > last_install, body[last_install]
+        commit_arg = next(i for i, line in enumerate(body) if line.startswith("ARG APP_GIT_COMMIT"))
+        uses = [i for i, line in enumerate(body) if "${APP_GIT_COMMIT}" in line]
+        assert uses and min(uses) > commit_arg, "ENV and LABEL read the ARG after it is declared"
+
+
+def test_final_stages_have_no_compiler_and_check_nms_themselves():
+    stages, _ = _dockerfile_stages()
+    compilers = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cuda-nvcc|cuda-toolkit|python3\.\d+-dev)\b")
+    for final in FINAL_STAGES:
+        body = stages[final][1]
+        for line in body:
+            if line.startswith("RUN"):
+                assert not compilers.search(line), f"{final}: {line}"
+        python = {"legacy": "python3.8", "current": "python3.11"}[final]
+        installs = " ".join(line for line in body if "apt-get install" in line)
+        assert python in installs, f"the venv from {BUILD_STAGES[final]} points at {python}"
+        copied = max(i for i, line in enumerate(body) if line.startswith("COPY --from="))
+        check = [i for i, line in enumerate(body) if 'python -c "import nms.cpu_nms, nms.gpu_nms"' in line]
+        assert check and check[0] > copied and "PYTHONPATH=/opt/hrnet/lib" in body[check[0]]
+
+
+def test_nvidia_apt_sources_go_before_every_apt_get_update():
+    stages, _ = _dockerfile_stages()
+    for name, (_, body) in stages.items():
+        for line in body:
+            if "apt-get update" in line:
+                removal = line.find("rm -f /etc/apt/sources.list.d/cuda*.list /etc/apt/sources.list.d/nvidia-ml*.list")
+                assert 0 <= removal < line.find("apt-get update"), f"{name}: {line}"
+
+
+def test_pip_uses_a_cache_mount_and_torch_has_its_own_layer():
+    stages, _ = _dockerfile_stages()
+    for name, (_, body) in stages.items():
+        for line in body:
+            if "pip install" in line:
+                assert line.startswith("RUN --mount=type=cache,target=/root/.cache/pip "), f"{name}: {line}"
+                assert "--no-cache-dir" not in line, f"{name}: the cache mount replaces --no-cache-dir"
+    for build in BUILD_STAGES.values():
+        body = stages[build][1]
+        torch = [line for line in body if re.search(r'"torch==\$\{torch\}', line)]
+        assert len(torch) == 1 and " -r " not in torch[0], "torch and torchvision alone in their layer"
+        pins = body.index(next(line for line in body if line.startswith("COPY --from=") and "torch-pins" in line))
+        assert pins < body.index(torch[0]) < body.index(next(line for line in body if "pip install -r" in line))
+
+
+def test_final_stages_carry_oci_labels():
+    from hrnet_quanteval import __version__
+
+    stages, global_args = _dockerfile_stages()
+    for final in FINAL_STAGES:
+        body = stages[final][1]
+        label = next(line for line in body if line.startswith("LABEL "))
+        for key, value in (("title", None), ("source", "${APP_SOURCE}"), ("revision", "${APP_GIT_COMMIT}"),
+                           ("version", "${APP_VERSION}"), ("base.name", "${%s_RUNTIME_BASE}" % final.upper())):
+            assert f"org.opencontainers.image.{key}=" in label, key
+            if value:
+                assert f'org.opencontainers.image.{key}="{value}"' in label, key
+        assert f"ARG APP_VERSION={__version__}" in body, "the version label follows the package's version"
+        assert body.index(label) > max(i for i, line in enumerate(body) if line.startswith("RUN"))
+
+
+def _docker_ignored(patterns, path):
+    """Whether a context path is excluded by .dockerignore patterns (Go filepath.Match, plus **; no ! rules)."""
+    def regex(pattern):
+        out = re.escape(pattern.strip("/")).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+        return re.compile(out.replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$")
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(regex(p).match(prefix) for p in patterns for prefix in prefixes)
+
+
+def test_dockerignore_keeps_environments_data_and_caches_out_of_the_context():
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns)
+    for path in (".venv", ".venv-legacy/bin/python", ".venv-lint", "build/hrnet-lib", "results/run/report.json",
+                 "data/coco/images/val2017/1.jpg", "app/hrnet_quanteval.egg-info/PKG-INFO",
+                 "app/hrnet_quanteval/__pycache__/cli.cpython-311.pyc", "tests/__pycache__/x.pyc", ".git/HEAD",
+                 ".pytest_cache/v", ".ruff_cache/x", ".env"):
+        assert _docker_ignored(patterns, path), f"{path} would be sent to the builder"
+    for path in ("app/pyproject.toml", "app/hrnet_quanteval/cli.py", "app/hrnet_quanteval/artifacts.json",
+                 "requirements/legacy.txt", "patches/0001-x.patch", "scripts/prepare-hrnet-lib.sh", "entrypoint.sh"):
+        assert not _docker_ignored(patterns, path), f"the build needs {path}"
+
+
+# --- the compose file and the workflow, read -------------------------------------------------------------
+
+def test_compose_services_have_init_shm_and_the_host_user():
+    with open(os.path.join(ROOT, "docker-compose.yml")) as f:
+        compose = yaml.safe_load(f)
+    services = compose["services"]
+    assert set(services) == {"eval", "eval-current", "selftest", "selftest-current"}
+    for name, service in services.items():
+        assert service.get("init") is True, f"{name}: an init process forwards signals and reaps loader workers"
+        assert service.get("shm_size"), f"{name} runs the data loader: /dev/shm must be larger than 64 MB"
+        assert service.get("user") == "${HOST_UID:-1000}:${HOST_GID:-1000}", name
+        assert "HRNET_QUANTEVAL_UMASK" in service.get("environment", {}), name
+        assert "./results:/results" in service["volumes"], f"{name}: results reach the host"
+        assert service["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    for name in ("eval", "eval-current"):
+        assert "${COCO_DIR:-./data/coco}:/data/coco:ro" in services[name]["volumes"]
+        assert services[name]["build"]["target"] == services[name]["image"].split(":")[1]
+
+
+def test_workflow_pins_actions_by_commit_and_checks_the_quantized_rows():
+    path = os.path.join(ROOT, ".github", "workflows", "image.yml")
+    with open(path) as f:
+        text = f.read()
+    uses = re.findall(r"uses:\s*(\S+)(.*)", text)
+    assert uses
+    for ref, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", ref), f"{ref} is not pinned by commit"
+        assert re.match(r"\s+# v\d+\.\d+\.\d+$", comment), f"{ref} needs its version in a comment"
+    workflow = yaml.safe_load(text)
+    assert "packages" not in workflow.get("permissions", {})
+    for name, job in workflow["jobs"].items():
+        steps = job["steps"]
+        pushes = any(step.get("with", {}).get("push") is True for step in steps)
+        assert (job.get("permissions", {}).get("packages") == "write") == pushes, f"{name}: packages: write only where pushing"
+        builds = [step for step in steps if "build-push-action" in step.get("uses", "")]
+        for step in builds:
+            assert step["with"]["cache-from"] == "type=gha,scope=${{ matrix.stack }}"
+    checks = " ".join(step.get("run", "") for step in workflow["jobs"]["image"]["steps"])
+    assert "report.json" in checks and '"w8a8"' in checks and '"w4a8"' in checks

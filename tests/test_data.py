@@ -40,7 +40,7 @@ def crafted(tmp_path):
 
 def test_instance_selection_follows_the_reference(crafted):
     coco = data.load_coco(os.path.join(crafted, data.ANNOTATION_FILE))
-    inst = data.select_instances(coco, crafted)
+    inst = data.select_instances(coco, os.path.join(crafted, data.IMAGE_DIR))
     assert inst.evaluated_image_ids == [9, 4]  # file order, not sorted
     assert inst.annotation_ids.tolist() == [2, 7, 1]
     assert inst.image_ids.tolist() == [9, 9, 4]
@@ -52,7 +52,7 @@ def test_instance_selection_follows_the_reference(crafted):
 
 def test_areas_are_the_enlarged_crop_areas(crafted):
     coco = data.load_coco(os.path.join(crafted, data.ANNOTATION_FILE))
-    inst = data.select_instances(coco, crafted)
+    inst = data.select_instances(coco, os.path.join(crafted, data.IMAGE_DIR))
     s = inst.scales[0] * np.float32(200)
     assert inst.areas[0] == np.float64(np.float32(s[0] * s[1]))
 
@@ -67,7 +67,7 @@ def test_synthetic_set_has_everything_the_loader_filters(tmp_path):
     anns = dataset["annotations"]
     assert counts["people"] == sum(1 for a in anns if not a["iscrowd"] and a["num_keypoints"] > 0) > 5
     assert any(a["iscrowd"] for a in anns) and any(not a["iscrowd"] and a["num_keypoints"] == 0 for a in anns)
-    inst = data.select_instances(data.load_coco(os.path.join(root, data.ANNOTATION_FILE)), root)
+    inst = data.select_instances(data.load_coco(os.path.join(root, data.ANNOTATION_FILE)), os.path.join(root, data.IMAGE_DIR))
     assert len(inst) == counts["people"]
     for a in anns:
         kp = np.array(a["keypoints"]).reshape(17, 3)
@@ -84,7 +84,7 @@ def test_synthetic_set_is_reproducible(tmp_path):
 
 def test_crop_puts_a_joint_glyph_where_the_affine_says(synth_root):
     coco = data.load_coco(os.path.join(synth_root, data.ANNOTATION_FILE))
-    inst = data.select_instances(coco, synth_root)
+    inst = data.select_instances(coco, os.path.join(synth_root, data.IMAGE_DIR))
     crops = data.CropDataset(inst.paths, inst.centers, inst.scales)
     crop, index = crops[0]
     assert crop.dtype.is_floating_point is False and tuple(crop.shape) == (3, 256, 192) and index == 0

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def test_results_are_grouped_by_image_in_first_appearance_order():
 def test_ground_truth_as_predictions_scores_ap_one(synth_root, tmp_path):
     ann_file = f"{synth_root}/{data.ANNOTATION_FILE}"
     coco = data.load_coco(ann_file)
-    instances = data.select_instances(coco, synth_root)
+    instances = data.select_instances(coco, os.path.join(synth_root, data.IMAGE_DIR))
     preds = np.zeros((len(instances), 17, 3), dtype=np.float32)
     for k, ann_id in enumerate(instances.annotation_ids):
         kp = np.array(coco.anns[int(ann_id)]["keypoints"], dtype=np.float32).reshape(17, 3)

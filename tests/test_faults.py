@@ -57,7 +57,7 @@ def test_dataset_path_missing(tmp_path, tiny_checkpoint):
 def test_dataset_path_is_a_file(tmp_path, tiny_checkpoint):
     (tmp_path / "file").write_text("x")
     out = _eval(root=tmp_path / "file", ckpt=tiny_checkpoint)
-    assert out.returncode == 2 and "is not a folder" in out.stderr
+    assert out.returncode == 2 and "not a folder" in out.stderr
 
 
 def test_coco_2014_layout_is_explained(tmp_path, tiny_checkpoint):
@@ -113,7 +113,7 @@ def test_empty_or_truncated_jpeg_is_named_before_compute(coco, tiny_checkpoint, 
     assert "cv2.error" not in out.stderr and "Traceback" not in out.stderr
 
 
-def test_corrupt_jpeg_body_is_named_not_an_opencv_assertion(coco, tiny_checkpoint, tmp_path):
+def test_corrupt_jpeg_body_is_named_before_compute(coco, tiny_checkpoint, tmp_path):
     path = _images(coco)[0]
     with open(path, "rb") as f:
         content = bytearray(f.read())
@@ -124,6 +124,22 @@ def test_corrupt_jpeg_body_is_named_not_an_opencv_assertion(coco, tiny_checkpoin
     assert out.returncode == 2, out.stderr
     assert "cannot be decoded" in out.stderr and os.path.basename(path) in out.stderr
     assert "Traceback" not in out.stderr and "Original" not in out.stderr
+    assert not (tmp_path / "r").exists() or not os.listdir(tmp_path / "r")  # nothing started
+
+
+def test_an_image_that_stops_decoding_mid_run_is_named_and_marks_the_run(coco, tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """The checks passed, then the decoder refused (the file changed under the run): exit 2, status failed."""
+    import cv2
+
+    from hrnet_quanteval import data
+
+    original = cv2.imread
+    broken = os.path.basename(_images(coco)[1])
+    monkeypatch.setattr(data.cv2, "imread", lambda path, flags=None: None if path.endswith(broken) else original(path, flags))
+    code = main(["eval", "--evaluation-dataset", str(coco), "--fp32-checkpoint", tiny_checkpoint, "--fp32-only", "--no-cache",
+                 "--use-cuda", "false", "--workers", "0", "--quiet", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be decoded" in err and os.path.basename(_images(coco)[1]) in err
     (run,) = os.listdir(tmp_path / "r")
     assert json.loads((tmp_path / "r" / run / "status.json").read_text())["status"] == "failed"
     assert not (tmp_path / "r" / run / "report.json").exists()
@@ -186,7 +202,7 @@ def test_out_of_memory_says_which_batch_size_to_try(coco, tiny_checkpoint, tmp_p
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)")
 
     monkeypatch.setattr(inference, "flip_test", oom)
-    code = main(["eval", "--evaluation-dataset", str(coco), "--fp32-checkpoint", tiny_checkpoint, "--fp32-only",
+    code = main(["eval", "--evaluation-dataset", str(coco), "--fp32-checkpoint", tiny_checkpoint, "--fp32-only", "--no-cache",
                  "--use-cuda", "false", "--workers", "0", "--results-dir", str(tmp_path / "r"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 3 and "ran out of memory at --batch-size 32" in err and "--batch-size 16" in err
@@ -203,7 +219,7 @@ def test_results_folder_not_writable_is_found_before_compute(coco, tiny_checkpoi
     blocker.write_text("not a folder")
     started = time.monotonic()
     out = _eval(root=coco, ckpt=tiny_checkpoint, results=blocker / "results")
-    assert out.returncode == 2 and "is not writable" in out.stderr and "--results-dir" in out.stderr
+    assert out.returncode == 2 and "cannot write to results folder" in out.stderr and "--results-dir" in out.stderr
     assert time.monotonic() - started < 60
 
 

@@ -1,7 +1,6 @@
 """The reference engine and parity: comparison logic on recorded inputs always; both engines where HRNet's lib is."""
 import json
 import os
-import subprocess
 import sys
 import types
 
@@ -87,28 +86,6 @@ def test_missing_lib_says_how_to_get_it(monkeypatch, tmp_path):
     monkeypatch.setenv("HRNET_LIB", str(tmp_path / "nothing"))
     with pytest.raises(EnvironmentProblem, match="nothing holds no prepared lib"):
         reference.find_lib()
-
-
-def _prepared_lib(tmp_path_factory):
-    if os.environ.get("HRNET_LIB") and os.path.isfile(os.path.join(os.environ["HRNET_LIB"], "core", "function.py")):
-        return os.environ["HRNET_LIB"]
-    if os.path.isfile(os.path.join(ROOT, "build", "hrnet-lib", "core", "function.py")):
-        return os.path.join(ROOT, "build", "hrnet-lib")
-    src = os.environ.get("HRNET_SRC")
-    if not src:
-        return None
-    dest = str(tmp_path_factory.mktemp("hrnet") / "lib")
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", "prepare-hrnet-lib.sh"), src, dest], check=True,
-                   env=dict(os.environ, PYTHON=sys.executable), capture_output=True)
-    return dest
-
-
-@pytest.fixture(scope="module")
-def hrnet_lib(tmp_path_factory):
-    lib = _prepared_lib(tmp_path_factory)
-    if lib is None:
-        pytest.skip("needs HRNet's lib: set HRNET_LIB, run `make reference-lib HRNET_SRC=...`, or set HRNET_SRC")
-    return lib
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,11 @@ every byte arrived; an interrupted one resumes from the ``.part`` file where the
 The manifest (``artifacts.json``) pins URL, size and sha256; where size or hash are not pinned yet the
 sha256 seen is recorded in the report and a one-line notice says so. A file whose pinned hash does not
 match is moved aside (never deleted, never used) and the run stops.
+
+Several processes may share one cache (two ``docker compose run`` on the ``artifacts`` volume): each file is
+fetched under an OS lock of its own, so one process downloads while the others wait and then use the same
+complete file. What a download saw (size, sha256, URL) is kept beside the file (``<name>.json``) and a
+cached file is checked against it before use.
 """
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .errors import EnvironmentProblem, InputError
-from .files import sha256_file
+from .files import check_listable_dir, check_readable_file, locked, sha256_file, user_path
 from .progress import Progress
 
 MANIFEST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "artifacts.json")
@@ -97,12 +103,18 @@ class ArtifactStore:
         cls, cache_dir: Optional[str] = None, base_url: Optional[str] = None, offline: bool = False, quiet: bool = False
     ) -> "ArtifactStore":
         manifest = load_manifest()
+        if base_url is not None:
+            url = check_base_url(base_url, "--artifacts-url")
+        elif os.environ.get(URL_ENV):
+            url = check_base_url(os.environ[URL_ENV], URL_ENV)
+        else:
+            url = str(manifest["base_url"])
+        folder = cache_dir or default_cache_dir()
+        if os.path.lexists(folder):
+            check_listable_dir(folder, "artifacts folder", "pass --artifacts-dir with a folder you can read and write")
         return cls(
-            cache_dir=cache_dir or default_cache_dir(),
-            base_url=(base_url or os.environ.get(URL_ENV) or str(manifest["base_url"])).rstrip("/"),
-            offline=offline,
-            files=dict(manifest["files"]),  # type: ignore[arg-type]
-            quiet=quiet,
+            cache_dir=folder, base_url=url.rstrip("/"), offline=offline,
+            files=dict(manifest["files"]), quiet=quiet,  # type: ignore[arg-type]
         )
 
     def url(self, name: str) -> str:
@@ -123,38 +135,57 @@ class ArtifactStore:
         return {n: self.fetch(n) for n in names}
 
     def fetch(self, name: str) -> Fetched:
+        """The file, complete and checked, downloading it first when the cache lacks it (one process at a time)."""
         target = self.path(name)
-        downloaded = False
-        if not os.path.isfile(target):
-            if self.offline:
+        if self.offline:
+            if not os.path.isfile(target):
                 raise EnvironmentProblem(
                     f"--offline and artifact {name} is not in the cache ({self.url(name)} -> {target})",
                     "download it to that path, or drop --offline",
                 )
-            self._download(name)
-            downloaded = True
-        return self._verify(name, downloaded)
+            return self._verify(name, downloaded=False)
+        fix = "pass --artifacts-dir with a folder you can write to (in Docker: the artifacts volume)"
+        with user_path("artifacts folder", self.cache_dir, fix, action="write to"):
+            os.makedirs(self.cache_dir, exist_ok=True)
+            with locked(target + ".lock", on_wait=lambda: self._say(f"{name}: another process is fetching it; waiting")):
+                downloaded = False
+                if not os.path.isfile(target):
+                    self._download(name)
+                    downloaded = True
+                return self._verify(name, downloaded)
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr)
 
     def _verify(self, name: str, downloaded: bool) -> Fetched:
+        """Check the cached file against every size and hash known for it: the manifest's pins, and what its
+        download saw (``<name>.json``). A mismatch moves the file aside, never uses it."""
         target = self.path(name)
         pinned = self.files.get(name, {})
+        seen = _read_sidecar(target)
         size = os.path.getsize(target)
         digest = sha256_file(target)
-        want_hash, want_size = pinned.get("sha256"), pinned.get("size")
-        if (want_hash and digest != want_hash) or (want_size and size != want_size):
-            aside = f"{target}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.replace(target, aside)
-            raise EnvironmentProblem(
-                f"artifact {name} does not match the pinned manifest (sha256 {digest}, {size} bytes; "
-                f"expected {want_hash}, {want_size} bytes); it was moved to {aside}",
-                f"run again to download it afresh from {self.url(name)}, or check the mirror behind --artifacts-url",
-            )
+        expected = [("the pinned manifest", pinned.get("sha256"), pinned.get("size"))]
+        if seen and not downloaded:
+            expected.append((f"its download ({seen.get('url')})", seen.get("sha256"), seen.get("size")))
+        for what, want_hash, want_size in expected:
+            if (want_hash and digest != want_hash) or (want_size is not None and size != want_size):
+                aside = f"{target}.bad-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(target, aside)
+                raise EnvironmentProblem(
+                    f"artifact {name} does not match {what} (sha256 {digest}, {size} bytes; "
+                    f"expected {want_hash}, {want_size} bytes); it was moved to {aside}",
+                    f"run again to download it afresh from {self.url(name)}, or check the mirror behind --artifacts-url",
+                )
+        if downloaded or not seen:
+            _write_sidecar(target, {"size": size, "sha256": digest, "url": self.url(name)})
+        want_hash = pinned.get("sha256")
         if not want_hash:
             self.notices.append(f"notice: {name} has no pinned sha256; this run saw {digest} (recorded in report.json)")
         return Fetched(name, target, self.url(name), digest, size, bool(want_hash), downloaded)
 
     def _download(self, name: str) -> None:
-        os.makedirs(self.cache_dir, exist_ok=True)
         url = self.url(name)
         error: Optional[DownloadError] = None
         for attempt in range(1, self.attempts + 1):
@@ -194,6 +225,13 @@ class ArtifactStore:
             raise DownloadError(f"connection failed ({reason})", retry=True) from None
         with response:
             resumed = response.status == 206
+            if resumed and _range_start(response.headers.get("Content-Range")) != have:
+                # a 206 for another range than the one asked for: its bytes do not continue the part file
+                os.remove(part)
+                raise DownloadError(
+                    f"server answered bytes={have}- with Content-Range {response.headers.get('Content-Range')!r}; "
+                    "starting over", retry=True,
+                )
             if not resumed:
                 have = 0
             length = response.headers.get("Content-Length")
@@ -216,6 +254,50 @@ class ArtifactStore:
         if total is not None and have != total:
             raise DownloadError(f"connection closed after {have} of {total} bytes", retry=True)
         os.replace(part, self.path(name))
+
+
+def check_base_url(url: str, origin: str) -> str:
+    """A mirror's base URL, parsed before any use: http(s) with a host, or file: with a path."""
+    text = url.strip()
+    fix = f"give {origin} an address like https://mirror.example.org/hrnet-posenet (files keep their release names)"
+    if not text or any(c.isspace() or ord(c) < 32 for c in text):
+        raise InputError(f"{origin} {url!r} is not a URL (empty, or it holds spaces or control characters)", fix)
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as error:
+        raise InputError(f"{origin} {url!r} is not a URL ({error})", fix) from None
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return text
+    if parts.scheme == "file" and parts.path:
+        return text
+    why = f"scheme {parts.scheme!r} is not http, https or file" if parts.scheme not in ("http", "https", "file") else "no host"
+    raise InputError(f"{origin} {url!r} is not a URL this tool can fetch from ({why})", fix)
+
+
+def _range_start(content_range: Optional[str]) -> Optional[int]:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` header, or None."""
+    if not content_range or not content_range.startswith("bytes "):
+        return None
+    start = content_range[6:].split("-", 1)[0].strip()
+    return int(start) if start.isdigit() else None
+
+
+def _read_sidecar(target: str) -> Dict[str, object]:
+    try:
+        with open(target + ".json") as f:
+            content = json.load(f)
+        return content if isinstance(content, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_sidecar(target: str, record: Dict[str, object]) -> None:
+    try:
+        with open(target + ".json", "w") as f:
+            json.dump(record, f)
+    except OSError:  # best effort: the file itself is complete and verified
+        pass
 
 
 def _set_read_timeout(response, seconds: float) -> None:
@@ -268,8 +350,8 @@ def resolve_sources(args, quantize: bool) -> Sources:
              "encodings": args.encodings if quantize else None}
     for role, path in local.items():
         if path is not None:
-            if not os.path.isfile(path):
-                raise InputError(f"{role.replace('_', ' ')} {path} does not exist", "check the path")
+            flag = "--" + role.replace("_", "-")
+            check_readable_file(path, role.replace("_", " "), f"pass {flag} with a file you can read")
             sources.artifacts[role] = {"path": path, "sha256": sha256_file(path), "source": "local file"}
     if wanted:
         store = ArtifactStore.from_options(args.artifacts_dir, args.artifacts_url, args.offline, args.quiet)

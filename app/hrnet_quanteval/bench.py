@@ -53,7 +53,8 @@ def synthetic_set(folder: str, instances: int, seed: int) -> EvalSet:
         total += counts.get(image_id, 0)
         if total >= instances:
             break
-    return open_dataset(data.write_subset(full, images, os.path.join(folder, "subset")))
+    subset = data.write_reference_layout(evalset.annotation_file, evalset.image_dir, os.path.join(folder, "subset"), images)
+    return open_dataset(subset)
 
 
 def forward_floor(model: torch.nn.Module, evalset: EvalSet, options, device: torch.device) -> float:

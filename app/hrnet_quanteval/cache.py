@@ -1,12 +1,13 @@
 """FP32 results kept between runs: the FP32 row does not change when only the bitwidth does.
 
 An entry is keyed by everything that can move an FP32 number: the checkpoint's sha256, the dataset
-(annotation sha256, images, instances, ``--max-images``), the code (app version and git commit, torch,
+(annotation sha256, every image's content hash, counts, ``--max-images``), the code (app version and git commit, torch,
 numpy, OpenCV), the device and the batch size. It holds the ten stats, every instance's joints and the
 COCO results file; it is written to a temporary folder and renamed, so a half-written entry is never read.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -83,23 +84,36 @@ class Fp32Cache:
         self.material = material
         self.note = "computed"
 
-    def reuse(self, run_dir: str) -> Optional[Evaluation]:
+    def reuse(self, run_dir: str, instances: int) -> Optional[Evaluation]:
+        """The stored FP32 evaluation copied into ``run_dir``, or None (a miss, or an entry that is broken:
+        a file missing or unreadable, or joints for another number of instances; then FP32 is recomputed)."""
         hit = self.cache.load(self.material)
         if hit is None:
             return None
         results_file = os.path.join(run_dir, "keypoints_fp32_results.json")
-        shutil.copyfile(str(hit["results_file"]), results_file)
-        shutil.copyfile(os.path.join(str(hit["folder"]), "cocoeval.txt"), os.path.join(run_dir, "cocoeval_fp32.txt"))
+        try:
+            if len(hit["preds"]) != instances:  # type: ignore[arg-type]
+                raise ValueError(f"{len(hit['preds'])} instances stored, {instances} evaluated")  # type: ignore[arg-type]
+            shutil.copyfile(str(hit["results_file"]), results_file)
+            shutil.copyfile(os.path.join(str(hit["folder"]), "cocoeval.txt"), os.path.join(run_dir, "cocoeval_fp32.txt"))
+        except (OSError, ValueError) as error:
+            for name in ("keypoints_fp32_results.json", "cocoeval_fp32.txt"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(run_dir, name))
+            self.note = f"cache entry {hit['folder']} was broken ({error}); recomputed"
+            print(f"fp32: the cached entry {hit['folder']} is broken ({error}); computing FP32 again")
+            return None
         self.note = f"reused from {hit['folder']}"
-        print(f"fp32: results reused from the cache ({hit['folder']}): same checkpoint, dataset, code and device; "
-              "--no-cache recomputes them")
+        print(f"fp32: results reused from the cache ({hit['folder']}): same checkpoint, images, annotations, code and "
+              "device; --no-cache recomputes them")
         return Evaluation(hit["stats"], hit["preds"], results_file)  # type: ignore[arg-type]
 
     def keep(self, result: Evaluation, run_dir: str) -> None:
         with open(os.path.join(run_dir, "cocoeval_fp32.txt")) as f:
             log = f.read()
         if self.cache.store(self.material, result.stats, result.preds, result.results_file, log):
-            self.note = f"computed and cached in {self.cache.path(self.material)}"
+            earlier = self.note + "; " if "recomputed" in self.note else ""
+            self.note = earlier + f"computed and cached in {self.cache.path(self.material)}"
 
 
 def source_fingerprint(package: str = os.path.dirname(os.path.abspath(__file__))) -> str:
@@ -121,7 +135,8 @@ def fp32_cache_material(
     env = environment.describe(device)
     return {
         "checkpoint_sha256": checkpoint_sha256,
-        "dataset": {k: v for k, v in evalset.describe().items() if k != "root" and k != "annotation_file"},
+        # what the data is (annotation and image hashes, counts), not where it is
+        "dataset": {k: v for k, v in evalset.describe().items() if k not in ("root", "annotation_file", "image_dir")},
         "code": {k: env.get(k) for k in ("app_version", "app_git_commit", "torch", "numpy", "opencv", "pycocotools")},
         "source_sha256": source_fingerprint(),
         "device": {k: env.get(k) for k in ("device", "gpu_name", "cuda", "cudnn")},

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import _compat_pickle
 import inspect
-import os
 import pickle
 import types
 import warnings
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
+from .data import NUM_JOINTS
 from .errors import InputError
+from .files import check_readable_file
 from .model import PoseHRNet, build_hrnet, is_folded_state, spec_from_state_dict, to_folded_structure
 
 # (module, name) pairs a pickle may call
@@ -44,6 +45,10 @@ CALLABLE_ALLOW_LIST = {
     ("builtins", "complex"),
     ("copyreg", "_reconstructor"),  # instantiates a class without calling its __init__ (protocol 0/1)
 }
+
+
+INPUT_HW = (256, 192)  # (height, width) of the network input
+HEATMAP_HW = (64, 48)
 
 
 class RefusedPickle(Exception):
@@ -133,8 +138,7 @@ def _looks_like_module(obj) -> bool:
 
 def load_state_dict(path: str) -> "OrderedDict[str, torch.Tensor]":
     """The tensors of a checkpoint: a state dict, ``{"state_dict": ...}``, or a whole pickled module."""
-    if not os.path.isfile(path):
-        raise InputError(f"checkpoint {path} does not exist", "pass the path of a .pth file")
+    check_readable_file(path, "checkpoint", "pass the path of a .pth file you can read")
     kwargs = {"map_location": "cpu", "pickle_module": safe_pickle}
     if "weights_only" in inspect.signature(torch.load).parameters:
         kwargs["weights_only"] = False  # the restriction is ours: torch's own one cannot read whole modules
@@ -172,15 +176,52 @@ def _normalise_keys(state: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str
     return OrderedDict((k.replace("._module_to_wrap.", "."), v) for k, v in state.items())
 
 
+def state_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], shown: int = 3) -> str:
+    """What keeps ``given`` from loading strictly where ``expected`` is: missing and extra keys, wrong shapes."""
+    def first(items: List[str]) -> str:
+        return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    missing = [k for k in expected if k not in given]
+    extra = [k for k in given if k not in expected]
+    shapes = [f"{k} is {tuple(given[k].shape)}, not {tuple(v.shape)}" for k, v in expected.items()
+              if k in given and tuple(given[k].shape) != tuple(v.shape)]
+    parts = [f"missing {first(missing)}"] if missing else []
+    parts += [f"unexpected {first(extra)}"] if extra else []
+    parts += [first(shapes)] if shapes else []
+    return "; ".join(parts)
+
+
 def load_hrnet(path: str) -> PoseHRNet:
-    """An HRNet of the shape the checkpoint describes (BN-folded or not), with its weights loaded strictly."""
+    """An HRNet of the shape the checkpoint describes (BN-folded or not), with its weights loaded strictly, and
+    checked against what the evaluation needs before any compute: 17 COCO joints, finite weights, one
+    forward pass of a 256x192 input giving 17 heatmaps of 64x48."""
     state = load_state_dict(path)
+    fix = "pass an HRNet pose checkpoint for COCO's 17 keypoints (HRNet-W32 256x192, or the zoo's files)"
     try:
-        model = build_hrnet(spec_from_state_dict(state))
+        spec = spec_from_state_dict(state)
+        model = build_hrnet(spec)
         if is_folded_state(state):
             to_folded_structure(model)
+        mismatch = state_mismatch(model.state_dict(), state)
+        if mismatch:
+            raise InputError(f"checkpoint {path} does not fill the HRNet it describes: {mismatch}", fix)
         model.load_state_dict(state, strict=True)
-    except (ValueError, RuntimeError) as error:
-        raise InputError(f"checkpoint {path} is not an HRNet pose model: {error}", "pass an HRNet-W32 checkpoint") from None
+    except (ValueError, RuntimeError, KeyError, IndexError, TypeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"checkpoint {path} is not an HRNet pose model: {first}", fix) from None
+    if spec.num_joints != NUM_JOINTS:
+        raise InputError(
+            f"checkpoint {path} predicts {spec.num_joints} joints, COCO person keypoints have {NUM_JOINTS} "
+            "(16 is an MPII model)", fix,
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise InputError(f"checkpoint {path} holds NaN or infinite values in {', '.join(broken[:3])}", fix)
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros((1, 3) + INPUT_HW))
+    except RuntimeError as error:
+        raise InputError(f"checkpoint {path} does not run as an HRNet: {str(error).splitlines()[0]}", fix) from None
+    if tuple(out.shape) != (1, NUM_JOINTS) + HEATMAP_HW:
+        raise InputError(f"checkpoint {path} gives heatmaps of shape {tuple(out.shape)}, not (1, 17, 64, 48)", fix)
     return model
-

@@ -6,10 +6,20 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from typing import List, Optional, Sequence
 
 from . import __version__
-from .errors import EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, QuantEvalError, Terminated, from_worker
+from .errors import (
+    EXIT_INTERNAL,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    QuantEvalError,
+    Terminated,
+    from_worker,
+    internal_error_message,
+    save_traceback,
+)
 from .flags import int_range, parse_bool
 
 # selftest defaults live here so `--help` works without importing torch-heavy modules
@@ -21,6 +31,7 @@ EXIT_CODES = """exit codes:
   1    the reproduction check failed
   2    usage or input error (flags, dataset, checkpoint, results folder)
   3    environment error (GPU, AIMET, artifacts)
+  4    internal error: a bug in hrnet-quanteval (traceback saved; --debug prints it)
   130  interrupted (SIGINT); 143 terminated (SIGTERM)
 """
 
@@ -56,9 +67,17 @@ def _add_visualize_option(parser: argparse.ArgumentParser) -> None:
 def _add_dataset_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--evaluation-dataset", metavar="DIR", default=os.environ.get("HRNET_QUANTEVAL_DATASET"),
-        required=not os.environ.get("HRNET_QUANTEVAL_DATASET"),
-        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/ "
-        "(env HRNET_QUANTEVAL_DATASET; /data/coco in the images)",
+        help="COCO root with annotations/person_keypoints_val2017.json and images/val2017/ (or a plain unzip's "
+        "val2017/) (env HRNET_QUANTEVAL_DATASET; /data/coco in the images)",
+    )
+    parser.add_argument(
+        "--annotation-file", metavar="FILE",
+        help="instead of --evaluation-dataset: any COCO-format person-keypoint annotation file (with --image-dir); "
+        "a set other than val2017 has no published target",
+    )
+    parser.add_argument(
+        "--image-dir", metavar="DIR",
+        help="the folder of --annotation-file's images (each image record's file_name, else <12-digit id>.jpg)",
     )
 
 
@@ -90,8 +109,17 @@ def _add_quant_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _command(commands, name: str, help_text: str) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with the exit codes."""
-    return commands.add_parser(name, help=help_text, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """A subcommand whose --help ends with the exit codes, with --debug."""
+    parser = commands.add_parser(name, help=help_text, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_debug_option(parser, argparse.SUPPRESS)
+    return parser
+
+
+def _add_debug_option(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "--debug", action="store_true", default=default,
+        help="print the traceback of an internal error (exit 4) instead of only saving it",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_debug_option(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -181,11 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_options(be)
 
-    co = commands.add_parser("compare", help="the stats of two runs side by side")
+    co = _command(commands, "compare", "the stats of two runs side by side")
     co.add_argument("run_a", metavar="RUN_A", help="a run folder or its report.json")
     co.add_argument("run_b", metavar="RUN_B", help="another run folder or report.json")
 
-    sy = commands.add_parser("synth", help="write a synthetic COCO-format person keypoint set")
+    sy = _command(commands, "synth", "write a synthetic COCO-format person keypoint set")
     sy.add_argument("directory", metavar="DIR", help="output folder (gets annotations/ and images/val2017/)")
     sy.add_argument("--images", type=int_range(1, 100000), default=32, help="number of images (default 32)")
     sy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -193,14 +222,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_synth(args) -> int:
+    """Write the set into a new folder beside the target and move it into place: never over an existing set."""
+    import shutil
+    import tempfile
+
+    from .files import check_empty_or_new_dir, user_path
     from .synth import generate
 
-    counts = generate(args.directory, images=args.images, seed=args.seed)
+    target = os.path.abspath(args.directory)
+    fix = "pass a new or empty folder (a synthetic set is never written over existing files)"
+    check_empty_or_new_dir(target, "synthetic set folder", fix)
+    with user_path("synthetic set folder", target, fix, action="write to"):
+        work = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.", dir=os.path.dirname(target))
+        try:
+            counts = generate(work, images=args.images, seed=args.seed)
+            os.chmod(work, 0o777 & ~_umask())  # mkdtemp makes 0700; the set gets the umask's modes
+            os.replace(work, target)  # replaces only an empty folder: anything written there meanwhile stays
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     print(
         f"wrote {counts['images']} images with {counts['people']} people "
         f"({counts['crowd']} crowd and {counts['keypointless']} keypoint-less annotations) to {args.directory}"
     )
     return 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -215,38 +266,54 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)  # unwind like Ctrl-C: the run folder is marked, exit 143
     try:
-        if args.command == "eval":
-            from .run import run_eval
-
-            return run_eval(args, command)
-        if args.command == "synth":
-            return run_synth(args)
-        if args.command == "bench":
-            from .bench import run_bench
-
-            return run_bench(args, command)
-        if args.command == "compare":
-            from .report import compare_runs
-
-            print(compare_runs(args.run_a, args.run_b))
-            return 0
-        if args.command == "parity":
-            from .parity import run_parity
-
-            return run_parity(args, command)
-        if args.command == "selftest":
-            from .selftest import run_selftest
-
-            return run_selftest(args, command)
+        return _dispatch(args, command)
     except QuantEvalError as error:
         error = from_worker(error)
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted (SIGINT): the run folder is marked interrupted and has no report.json", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"interrupted (SIGINT){_where(interrupt)}", file=sys.stderr)
         return EXIT_SIGINT
-    except Terminated:
-        print("terminated (SIGTERM): the run folder is marked interrupted and has no report.json", file=sys.stderr)
+    except Terminated as terminated:
+        print(f"terminated (SIGTERM){_where(terminated)}", file=sys.stderr)
         return EXIT_SIGTERM
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+    except Exception as error:  # noqa: BLE001 - anything else is a bug: one paragraph, the traceback saved, exit 4
+        saved = getattr(error, "hrnet_traceback", None) or save_traceback(error)
+        if getattr(args, "debug", False):
+            traceback.print_exception(type(error), error, error.__traceback__)
+        print(f"error: {internal_error_message(error, saved)}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _where(interrupt: BaseException) -> str:
+    run_dir = getattr(interrupt, "hrnet_run_dir", None)
+    if run_dir is None:
+        return ": stopped before any run folder was created"
+    return f": the run folder {run_dir} is marked interrupted and has no report.json"
+
+
+def _dispatch(args, command: List[str]) -> int:
+    if args.command == "eval":
+        from .run import run_eval
+
+        return run_eval(args, command)
+    if args.command == "synth":
+        return run_synth(args)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args, command)
+    if args.command == "compare":
+        from .report import compare_runs
+
+        print(compare_runs(args.run_a, args.run_b))
+        return 0
+    if args.command == "parity":
+        from .parity import run_parity
+
+        return run_parity(args, command)
+    if args.command == "selftest":
+        from .selftest import run_selftest
+
+        return run_selftest(args, command)
+    raise ValueError(f"unknown command {args.command}")

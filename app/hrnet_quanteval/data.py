@@ -39,7 +39,17 @@ IMREAD_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 
 def image_path(root: str, image_id: int) -> str:
     """Where the reference looks for an image: ``<root>/images/val2017/<12-digit id>.jpg``."""
-    return os.path.join(root, IMAGE_DIR, "%012d.jpg" % image_id)
+    return os.path.join(root, IMAGE_DIR, image_name(image_id))
+
+
+def image_name(image_id: int) -> str:
+    """The reference's file name for an image id (COCO's own ``file_name`` for val2017)."""
+    return "%012d.jpg" % image_id
+
+
+def image_file(image_dir: str, record: dict) -> str:
+    """An image record's file: its ``file_name`` where it has one (any COCO-format set), else the id's name."""
+    return os.path.join(image_dir, record.get("file_name") or image_name(record["id"]))
 
 
 def load_coco(annotation_file: str):
@@ -86,7 +96,7 @@ class Instances:
         return self._to_image
 
 
-def select_instances(coco, root: str, max_images: Optional[int] = None) -> Instances:
+def select_instances(coco, image_dir: str, max_images: Optional[int] = None) -> Instances:
     """Samples of the reference COCO loader with GT boxes (spec 2.2-2.4), optionally of the first images only."""
     image_ids = list(coco.getImgIds())  # annotation-file order, as upstream
     if max_images is not None:
@@ -95,6 +105,7 @@ def select_instances(coco, root: str, max_images: Optional[int] = None) -> Insta
     for image_id in image_ids:
         record = coco.loadImgs(image_id)[0]
         width, height = record["width"], record["height"]
+        path = image_file(image_dir, record)
         for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=False)):
             box = clean_bbox(ann["bbox"], width, height)
             if box is None or not ann["area"] > 0:
@@ -103,7 +114,7 @@ def select_instances(coco, root: str, max_images: Optional[int] = None) -> Insta
                 continue
             center, scale = box_to_center_scale(*box)
             ids.append(image_id)
-            paths.append(image_path(root, image_id))
+            paths.append(path)
             centers.append(center)
             scales.append(scale)
             ann_ids.append(ann["id"])
@@ -199,16 +210,24 @@ def crop_loader(instances: Instances, batch_size: int, workers: int, pin_memory:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
 
 
-def write_subset(root: str, max_images: int, dest: str) -> str:
-    """A COCO folder holding the first ``max_images`` images of ``root`` (annotations filtered, images linked)."""
-    with open(os.path.join(root, ANNOTATION_FILE)) as f:
+def write_reference_layout(annotation_file: str, image_dir: str, dest: str, max_images: Optional[int] = None) -> str:
+    """A COCO folder in the zoo's layout (``annotations/person_keypoints_val2017.json``, ``images/val2017/<id>.jpg``)
+    for any person-keypoint set: the first ``max_images`` images (all by default), images linked, not copied.
+
+    HRNet's own loader (the reference engine) reads nothing else; the native engine reads any layout.
+    """
+    with open(annotation_file) as f:
         dataset = json.load(f)
-    dataset["images"] = dataset["images"][:max_images]
-    keep = {image["id"] for image in dataset["images"]}
-    dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] in keep]
+    if max_images is not None:
+        dataset["images"] = dataset["images"][:max_images]
+        keep = {image["id"] for image in dataset["images"]}
+        dataset["annotations"] = [a for a in dataset["annotations"] if a["image_id"] in keep]
     os.makedirs(os.path.join(dest, os.path.dirname(ANNOTATION_FILE)), exist_ok=True)
     with open(os.path.join(dest, ANNOTATION_FILE), "w") as f:
         json.dump(dataset, f)
-    os.makedirs(os.path.join(dest, os.path.dirname(IMAGE_DIR)), exist_ok=True)
-    os.symlink(os.path.abspath(os.path.join(root, IMAGE_DIR)), os.path.join(dest, IMAGE_DIR))
+    os.makedirs(os.path.join(dest, IMAGE_DIR), exist_ok=True)
+    for record in dataset["images"]:
+        source = os.path.abspath(image_file(image_dir, record))
+        if os.path.exists(source):
+            os.symlink(source, image_path(dest, record["id"]))
     return dest

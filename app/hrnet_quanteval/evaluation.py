@@ -43,28 +43,42 @@ def rescore(maxvals: np.ndarray, box_scores: Optional[np.ndarray] = None, thresh
     return score
 
 
-def oks(reference: np.ndarray, others: np.ndarray, area_ref: float, areas: np.ndarray) -> np.ndarray:
-    """OKS of one (J*3,) f32 keypoint row against each row of ``others`` (M, J*3), over all joints."""
-    dx = others[:, 0::3] - reference[0::3]  # f32, as the reference
-    dy = others[:, 1::3] - reference[1::3]
-    e = (dx ** 2 + dy ** 2) / VARIANCES / ((area_ref + areas[:, None]) / 2 + np.spacing(1)) / 2
-    return np.sum(np.exp(-e), axis=1) / e.shape[1]
+def oks(reference: np.ndarray, others: np.ndarray, area_ref, areas) -> np.ndarray:
+    """Object keypoint similarity over all joints, between keypoint rows ``(..., J*3)`` that broadcast.
+
+    ``oks(row, rows, area, areas)`` compares one row with each of ``rows``; ``oks(rows[:, None], rows[None],
+    areas[:, None], areas[None])`` gives the symmetric matrix of all pairs. Dtypes as the reference: the
+    coordinate offsets and their squared lengths are f32, the rest f64; the per-joint terms of each pair lie
+    contiguous in memory, so ``exp`` and the sum over joints run exactly as on the reference's single rows.
+    """
+    ref = np.asarray(reference)
+    oth = np.asarray(others)
+    offset = oth.reshape(oth.shape[:-1] + (-1, 3))[..., :2] - ref.reshape(ref.shape[:-1] + (-1, 3))[..., :2]
+    squared = offset[..., 0] ** 2 + offset[..., 1] ** 2  # (..., J)
+    pair_area = (np.add(area_ref, areas) / 2 + np.spacing(1))[..., None]
+    falloff = squared / VARIANCES / pair_area / 2
+    return np.exp(-falloff).sum(axis=-1) / falloff.shape[-1]
 
 
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, threshold: float = OKS_THRESHOLD) -> List[int]:
     """Greedy NMS by descending score: drop every instance whose OKS with a kept one exceeds ``threshold``.
 
-    ``keypoints`` is (n, J*3) f32. Returns kept indices in keep order.
+    ``keypoints`` is (n, J*3) f32. Returns kept indices in keep order. The ranking is numpy's default
+    (unstable) ascending argsort reversed, which decides ties as the reference does; the OKS of every pair
+    is taken once up front. An instance stays only while its OKS with each kept one is ``<= threshold``
+    (so a NaN OKS drops it, as upstream).
     """
-    if len(scores) == 0:
-        return []
-    order = np.asarray(scores).argsort()[::-1]  # the reference's order, ties included
-    keep = []
-    while order.size > 0:
-        i = order[0]
-        keep.append(int(i))
-        overlap = oks(keypoints[i], keypoints[order[1:]], areas[i], areas[order[1:]])
-        order = order[np.where(overlap <= threshold)[0] + 1]
+    ranked = np.asarray(scores).argsort()[::-1]
+    rows = np.ascontiguousarray(keypoints[ranked])
+    sizes = np.asarray(areas)[ranked]
+    similarity = oks(rows[:, None], rows[None], sizes[:, None], sizes[None])  # (n, n), symmetric
+    dropped = np.zeros(len(ranked), dtype=bool)
+    keep: List[int] = []
+    for rank, index in enumerate(ranked):
+        if dropped[rank]:
+            continue
+        keep.append(int(index))
+        dropped |= ~(similarity[rank] <= threshold)
     return keep
 
 

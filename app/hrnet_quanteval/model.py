@@ -200,10 +200,17 @@ def _fuse_layer(channels: Sequence[int], i: int, j: int) -> Optional[nn.Module]:
 
 
 class HighResolutionModule(ReluSites, nn.Module):
-    """Parallel branches of basic blocks followed by all-to-all fusion; ``relu`` is called once per output."""
+    """Parallel branches of basic blocks followed by all-to-all fusion; ``relu`` is called once per output.
+
+    Output i is the sum of every branch brought to branch i's resolution and width, added left to right
+    with out-of-place adds (branch 0 first), then passed through call site i of ``relu``. Each term is
+    computed just before it is added, so the op order is upstream's. ``multi_scale_output=False`` keeps only
+    output 0 (the last module of the network). The input list is not modified.
+    """
 
     def __init__(self, blocks: Sequence[int], channels: Sequence[int], multi_scale_output: bool) -> None:
         super().__init__()
+        # registration order (branches, fuse_layers, relu) decides the state-dict key order: keep it
         self.branches = nn.ModuleList(
             _residual_stack(BasicBlock, c, c, n, 1) for n, c in zip(blocks, channels)
         )
@@ -216,15 +223,18 @@ class HighResolutionModule(ReluSites, nn.Module):
     def relu_sites(self) -> int:
         return len(self.fuse_layers)
 
+    @staticmethod
+    def _fused_sum(adapters: nn.ModuleList, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Sum of ``features``, each through its adapter (None: taken as it is), as ((t0 + t1) + t2) + ..."""
+        terms = (feature if adapter is None else adapter(feature) for adapter, feature in zip(adapters, features))
+        total = next(terms)
+        for term in terms:  # each term is computed only when its add comes
+            total = total + term
+        return total
+
     def forward(self, xs: List[torch.Tensor]) -> List[torch.Tensor]:
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
-        fused = []
-        for i, row in enumerate(self.fuse_layers):
-            y = xs[0] if i == 0 else row[0](xs[0])
-            for j in range(1, len(xs)):
-                y = y + (xs[j] if j == i else row[j](xs[j]))
-            fused.append(self.site(i)(y))
-        return fused
+        features = [branch(x) for branch, x in zip(self.branches, xs)]
+        return [self.site(i)(self._fused_sum(row, features)) for i, row in enumerate(self.fuse_layers)]
 
 
 def _transition(previous: Sequence[int], current: Sequence[int]) -> nn.ModuleList:

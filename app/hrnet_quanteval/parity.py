@@ -7,19 +7,17 @@ stat agrees to 1e-4 and at least 99.9 % of joints agree within 0.01 px.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from . import data, run
+from . import run
 from .engines.native import NativeEngine
 from .evaluation import STAT_NAMES
 from .files import sha256_file
 from .progress import StageTimer
 from .runs import check_writable, in_run_folder
 from .runtypes import Outcome, RunOptions
-from .validation import open_dataset
 
 STAT_TOLERANCE = 1e-4
 JOINT_TOLERANCE_PX = 0.01
@@ -95,36 +93,31 @@ def run_parity(args, command: Sequence[str]) -> int:
     native = NativeEngine()
     options = RunOptions(args.batch_size, args.workers, args.quiet)
     model, artifacts = _model(args)
-    with tempfile.TemporaryDirectory(prefix="hrnet-quanteval-parity-") as tmp:
-        root = args.evaluation_dataset
-        if args.max_images is not None:
-            open_dataset(root, args.max_images)  # check the original folder first
-            root = data.write_subset(root, args.max_images, os.path.join(tmp, "subset"))
-        evalset = open_dataset(root)
+    evalset = run.open_evalset(args)
 
-        def work(run_id: str, run_dir: str) -> int:
-            run.seed_everything(device)
-            outcome = Outcome(timer=StageTimer(device), engine="native+reference")
-            comparisons: Dict[str, Dict[str, object]] = {}
-            engines = {}
-            with run.out_of_memory_advice(device, options.batch_size):
-                for engine in (native, reference):
-                    folder = os.path.join(run_dir, engine.name)
-                    os.makedirs(folder)
-                    engines[engine.name] = engine.evaluate("fp32", model, evalset, device, folder, options, outcome.timer)
-            comparisons["fp32"] = compare(
-                engines["native"].preds, engines["reference"].preds, engines["native"].stats, engines["reference"].stats
-            )
-            outcome.models["fp32"] = engines["native"].stats
-            verdict = parity_verdict(comparisons)
-            record = run.build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts)
-            record["parity"] = comparisons
-            record["results_files"] = {f"{e}/fp32": f"{e}/keypoints_fp32_results.json" for e in engines}
-            print(format_comparison(comparisons))
-            run.finish(run_dir, record, published=False)
-            return 0 if verdict["status"] == "parity_passed" else 1
+    def work(run_id: str, run_dir: str) -> int:
+        run.seed_everything(device)
+        outcome = Outcome(timer=StageTimer(device), engine="native+reference")
+        comparisons: Dict[str, Dict[str, object]] = {}
+        engines = {}
+        with run.out_of_memory_advice(device, options.batch_size):
+            for engine in (native, reference):
+                folder = os.path.join(run_dir, engine.name)
+                os.makedirs(folder)
+                engines[engine.name] = engine.evaluate("fp32", model, evalset, device, folder, options, outcome.timer)
+        comparisons["fp32"] = compare(
+            engines["native"].preds, engines["reference"].preds, engines["native"].stats, engines["reference"].stats
+        )
+        outcome.models["fp32"] = engines["native"].stats
+        verdict = parity_verdict(comparisons)
+        record = run.build_report(run_id, command, outcome, verdict, evalset, device, options, artifacts)
+        record["parity"] = comparisons
+        record["results_files"] = {f"{e}/fp32": f"{e}/keypoints_fp32_results.json" for e in engines}
+        print(format_comparison(comparisons))
+        run.finish(run_dir, record, published=False)
+        return 0 if verdict["status"] == "parity_passed" else 1
 
-        return in_run_folder(args.results_dir, args.run_id, "parity", work)
+    return in_run_folder(args.results_dir, args.run_id, "parity", work)
 
 
 def _model(args):

@@ -55,8 +55,13 @@ def stack_hint() -> str:
     return "install a torch build with kernels for this GPU (the current image has them for Hopper and newer)"
 
 
-def check(use_cuda: Optional[bool]) -> bool:
-    """True to use CUDA, False for the CPU; raises EnvironmentProblem when the request cannot be met."""
+def check(use_cuda: Optional[bool], require_gpu: bool = False) -> bool:
+    """True to use CUDA, False for the CPU; raises EnvironmentProblem when the request cannot be met.
+
+    ``use_cuda`` None (auto) takes a GPU when there is one; with ``require_gpu`` (the container's default for
+    ``eval``, where a CPU run takes hours) a missing GPU is an error too, and the message says that no
+    ``--use-cuda`` was given rather than a value nobody typed.
+    """
     if use_cuda is False:
         return False
     import torch
@@ -64,6 +69,11 @@ def check(use_cuda: Optional[bool]) -> bool:
     if not torch.cuda.is_available():
         if use_cuda:
             raise EnvironmentProblem("--use-cuda true was given but PyTorch sees no CUDA GPU", NO_GPU_FIX)
+        if require_gpu:
+            raise EnvironmentProblem(
+                "no --use-cuda was given and eval runs on a GPU by default in the images, but PyTorch sees no CUDA GPU",
+                NO_GPU_FIX,
+            )
         return False
     problems = unsupported_gpus()
     if problems:
@@ -77,9 +87,10 @@ def check(use_cuda: Optional[bool]) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hrnet_quanteval.preflight")
     parser.add_argument("--use-cuda", type=parse_bool, default=None)
+    parser.add_argument("--require-gpu", action="store_true", help="with --use-cuda auto: no GPU is an error")
     args = parser.parse_args(argv)
     try:
-        device = "cuda" if check(args.use_cuda) else "cpu"
+        device = "cuda" if check(args.use_cuda, args.require_gpu) else "cpu"
     except EnvironmentProblem as problem:
         print(f"preflight: {problem}", file=sys.stderr)
         return EXIT_ENVIRONMENT

@@ -5,8 +5,10 @@ import json
 import os
 from typing import Dict, List, Mapping, Optional
 
+from .errors import InputError
 from .evaluation import STAT_NAMES
-from .runs import write_atomic
+from .files import os_words
+from .runs import describe_status, write_atomic
 
 SCHEMA_VERSION = 1
 
@@ -149,21 +151,34 @@ def write_report(run_dir: str, report: Mapping[str, object], published: bool = T
 
 
 def load_report(path: str) -> Dict[str, object]:
-    """report.json of a run folder (or the file itself), or an error naming the path."""
-    from .errors import InputError
-
+    """report.json of a run folder (or the file itself), checked for the shape ``compare`` reads, or an error
+    naming the path; a run folder without one is described from its status.json (running, did not finish...)."""
     file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    fix = "pass a run folder or a report.json written by hrnet-quanteval"
     try:
         with open(file) as f:
             content = json.load(f)
-    except OSError:
-        status = os.path.join(os.path.dirname(file), "status.json")
-        hint = "the run did not finish (see its status.json)" if os.path.exists(status) else "pass a run folder"
-        raise InputError(f"{file} cannot be read", hint) from None
-    except ValueError as error:
-        raise InputError(f"{file} is not JSON ({error})", "pass a report.json written by hrnet-quanteval") from None
-    if not isinstance(content, dict) or "models" not in content:
-        raise InputError(f"{file} is not an hrnet-quanteval report", "pass a report.json written by hrnet-quanteval")
+    except FileNotFoundError:
+        folder = path if os.path.isdir(path) else os.path.dirname(file)
+        if os.path.exists(os.path.join(folder, "status.json")):
+            raise InputError(f"{folder} has no report.json: {describe_status(folder)}", "compare finished runs") from None
+        raise InputError(f"{file} does not exist", fix) from None
+    except OSError as error:
+        raise InputError(f"cannot read {file}: {os_words(error)}", fix) from None
+    except (ValueError, RecursionError) as error:
+        raise InputError(f"{file} is not JSON ({error})", fix) from None
+    models = content.get("models") if isinstance(content, dict) else None
+    if not isinstance(models, dict) or not models:
+        raise InputError(f"{file} is not an hrnet-quanteval report (no models)", fix)
+    for name, stats in models.items():
+        if not isinstance(stats, dict):
+            raise InputError(f"{file}: models.{name} is not a table of stats", fix)
+        bad = [k for k, v in stats.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if bad:
+            raise InputError(f"{file}: models.{name}.{bad[0]} is {stats[bad[0]]!r}, not a number", fix)
+    for section in ("environment", "verdict"):
+        if section in content and not isinstance(content[section], dict):
+            raise InputError(f"{file}: {section} is a {type(content[section]).__name__}, not an object", fix)
     return content
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from typing import Dict, Optional, Sequence
 
@@ -18,9 +19,10 @@ from torch import nn
 from . import environment, report
 from .engines.base import Engine
 from .engines.native import DEFAULT_CROP_CACHE_MB, NativeEngine
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, stage
+from .files import check_creatable_dir, check_empty_or_new_dir
 from .progress import Progress, StageTimer
-from .runs import check_writable, in_run_folder
+from .runs import check_writable, in_run_folder, mark, signals_deferred
 from .runtypes import EvalSet, Evaluation, Outcome, RunOptions
 
 
@@ -30,29 +32,37 @@ def run_eval(args, command: Sequence[str]) -> int:
     from .cache import Fp32Cache, fp32_cache_material
     from .checkpoint import load_hrnet
     from .quantization.base import check_bitwidths
-    from .quantization.simulate import QuantPlan, load_adapter
-    from .validation import open_dataset
+    from .quantization.simulate import QuantPlan, check_plan, load_adapter
 
     # 1. checks that cost nothing, before any download or compute
-    device = resolve_device(args.use_cuda)
-    check_writable(args.results_dir)
-    plan = adapter = None
-    if not args.fp32_only:
-        check_bitwidths(args.default_param_bw, args.default_output_bw)
-        adapter = load_adapter()  # fail before any download or compute when AIMET is missing
-    evalset = open_dataset(args.evaluation_dataset, args.max_images)
-    # 2. the files to evaluate: local ones, or the zoo's (cached, downloaded when missing)
-    sources = resolve_sources(args, quantize=not args.fp32_only)
+    with stage("checking the host and the flags"):
+        device = resolve_device(args.use_cuda)
+        check_writable(args.results_dir)
+        if args.artifacts_dir:
+            check_creatable_dir(args.artifacts_dir, "artifacts folder", "pass --artifacts-dir with a folder you can write to")
+        plan = adapter = None
+        if not args.fp32_only:
+            check_bitwidths(args.default_param_bw, args.default_output_bw)
+            if args.export:
+                check_empty_or_new_dir(args.export, "export folder", "pass --export with a new or empty folder")
+            adapter = load_adapter()  # fail before any download or compute when AIMET is missing
+    with stage("opening the dataset"):
+        evalset = open_evalset(args)
+    # 2. the files to evaluate: local ones, or the zoo's (cached, downloaded when missing), all checked
+    with stage("fetching the zoo's files"):
+        sources = resolve_sources(args, quantize=not args.fp32_only)
     for notice in sources.notices:
         print(notice)
-    if not args.fp32_only:
-        plan = QuantPlan(
-            param_bw=args.default_param_bw, output_bw=args.default_output_bw,
-            calibration_images=args.calibration_images, encodings=sources.encodings,
-            fold_batch_norms=sources.quantized is None, export_dir=args.export,
-        )
-    fp32 = load_hrnet(sources.fp32) if sources.fp32 is not None else None
-    quant_source = load_hrnet(sources.quantized) if sources.quantized is not None else None
+    with stage("reading the checkpoints"):
+        fp32 = load_hrnet(sources.fp32) if sources.fp32 is not None else None
+        quant_source = load_hrnet(sources.quantized) if sources.quantized is not None else None
+        if not args.fp32_only:
+            plan = QuantPlan(
+                param_bw=args.default_param_bw, output_bw=args.default_output_bw,
+                calibration_images=args.calibration_images, encodings=sources.encodings,
+                fold_batch_norms=sources.quantized is None, export_dir=args.export,
+            )
+            check_plan(plan, quant_source or fp32)  # the encodings file against the model, before FP32
     options = RunOptions(args.batch_size, args.workers, args.quiet)
     engine = make_engine(args.engine, args.crop_cache_mb)
     fp32_cache = None
@@ -74,6 +84,18 @@ def run_eval(args, command: Sequence[str]) -> int:
         return 1 if verdict["status"] == "not_reproduced" else 0
 
     return in_run_folder(args.results_dir, args.run_id, "fp32" if plan is None else plan.key, work)
+
+
+def open_evalset(args) -> EvalSet:
+    """The dataset the command's flags name (``--evaluation-dataset``, or ``--annotation-file`` + ``--image-dir``)."""
+    from .artifacts import default_cache_dir
+    from .validation import open_dataset
+
+    return open_dataset(
+        args.evaluation_dataset, getattr(args, "max_images", None), annotation_file=args.annotation_file,
+        image_dir=args.image_dir, cache_dir=getattr(args, "artifacts_dir", None) or default_cache_dir(),
+        quiet=getattr(args, "quiet", True),
+    )
 
 
 def resolve_device(use_cuda: Optional[bool]) -> torch.device:
@@ -112,9 +134,10 @@ def execute(
     outcome = Outcome(timer=StageTimer(device), engine=engine.name)
     with out_of_memory_advice(device, options.batch_size):
         if fp32 is not None:
-            result = fp32_cache.reuse(run_dir) if fp32_cache is not None else None
+            result = fp32_cache.reuse(run_dir, len(evalset.instances)) if fp32_cache is not None else None
             if result is None:
-                result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)  # type: ignore[arg-type]
+                with stage("FP32 evaluation"):
+                    result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)  # type: ignore[arg-type]
                 if fp32_cache is not None:
                     fp32_cache.keep(result, run_dir)
             outcome.notes["fp32_results"] = fp32_cache.note if fp32_cache is not None else "computed (cache off)"
@@ -144,11 +167,13 @@ def quantize_and_evaluate(
     progress = Progress(count, f"{plan.key} calibration", quiet=options.quiet)
     calibrate = engine.calibration(evalset, count, options, device, progress.update)
     start = time.perf_counter()
-    quantized = quantize(source, plan, calibrate, device, adapter, accelerate=engine.name == "native")
+    with stage(f"{plan.key.upper()} quantization and calibration"):
+        quantized = quantize(source, plan, calibrate, device, adapter, accelerate=engine.name == "native")
     progress.close()
     timer.add("calibration", start)
     quantized.info["calibration_images"] = count
-    result = engine.evaluate(plan.key, quantized.model, evalset, device, run_dir, options, timer)
+    with stage(f"{plan.key.upper()} evaluation"):
+        result = engine.evaluate(plan.key, quantized.model, evalset, device, run_dir, options, timer)
     return result, quantized.info
 
 
@@ -196,15 +221,23 @@ def finish(
     run_dir: str, record: Dict[str, object], published: bool = True, outcome: Optional[Outcome] = None,
     evalset: Optional[EvalSet] = None, visualize: int = 0,
 ) -> None:
-    """Pictures first (report.png, overlays), then report.md and report.json; print the table and verdict."""
+    """Pictures first (report.png, overlays), then report.md, report.json and the status; print the table and verdict."""
     from . import visualize as pictures
 
-    pictures.accuracy_chart(record["models"], report.PUBLISHED if published else {}, os.path.join(run_dir, "report.png"))  # type: ignore[arg-type]
-    record["files"] = ["report.png"]
-    if visualize and outcome is not None and evalset is not None and outcome.evaluations:
-        predictions = {name: result.preds for name, result in outcome.evaluations.items()}
-        written = pictures.overlays(evalset.instances, evalset.coco, predictions, os.path.join(run_dir, "visualize"), visualize)
-        record["files"] += [os.path.relpath(p, run_dir) for p in written]  # type: ignore[operator]
-    report.write_report(run_dir, record, published)
+    with stage("writing the report"):
+        chart = os.path.join(run_dir, "report.png")
+        pictures.accuracy_chart(record["models"], report.PUBLISHED if published else {}, chart)  # type: ignore[arg-type]
+        record["files"] = ["report.png"]
+        if visualize and outcome is not None and evalset is not None and outcome.evaluations:
+            predictions = {name: result.preds for name, result in outcome.evaluations.items()}
+            folder = os.path.join(run_dir, "visualize")
+            written = pictures.overlays(evalset.instances, evalset.coco, predictions, folder, visualize)
+            record["files"] += [os.path.relpath(p, run_dir) for p in written]  # type: ignore[operator]
+        with signals_deferred() as held:  # the report and the status are written whole, or not at all
+            report.write_report(run_dir, record, published)
+            mark(run_dir, "complete")
     print(report.format_table(record["models"], str(record["verdict"]["text"]), published))  # type: ignore[index,arg-type]
     print(f"\nreport: {os.path.join(run_dir, 'report.json')}")
+    if held:
+        print("a signal arrived while the report was being written; the run is complete and keeps its exit code",
+              file=sys.stderr)

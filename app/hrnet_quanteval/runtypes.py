@@ -18,11 +18,13 @@ from .progress import StageTimer
 class EvalSet:
     """The dataset as one run evaluates it: where it is, pycocotools' index and the person instances."""
 
-    root: str
+    root: Optional[str]  # the COCO folder given, if one was (else --annotation-file and --image-dir)
     annotation_file: str
     coco: object
     instances: Instances
     max_images: Optional[int]
+    image_dir: str = ""
+    images_sha256: Optional[str] = None  # every evaluated image's name and content, in loader order
     _annotation_sha256: Optional[str] = field(default=None, repr=False)
 
     def describe(self) -> Dict[str, object]:
@@ -31,7 +33,9 @@ class EvalSet:
         return {
             "root": self.root,
             "annotation_file": self.annotation_file,
+            "image_dir": self.image_dir,
             "annotation_sha256": self._annotation_sha256,
+            "images_sha256": self.images_sha256,
             "images": len(self.instances.evaluated_image_ids),
             "instances": len(self.instances),
             "max_images": self.max_images,

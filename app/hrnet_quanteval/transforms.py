@@ -20,52 +20,65 @@ BOX_ENLARGE = 1.25
 def clean_bbox(bbox: Sequence[float], width: int, height: int) -> Optional[Tuple[float, float, float, float]]:
     """Clip a COCO ``[x, y, w, h]`` box to the image; None when nothing is left.
 
-    The kept box is about one pixel narrower and shorter than the annotated one, as upstream.
+    Both axes at once, in f64: the box starts at its corner moved into the image, and spans ``size - 1``
+    pixels from there (never fewer than 0), cut at the last pixel row/column. So the kept box is about one
+    pixel narrower and shorter than the annotated one, as upstream's.
     """
-    x, y, w, h = (float(v) for v in bbox)
-    x1 = max(0.0, x)
-    y1 = max(0.0, y)
-    x2 = min(width - 1.0, x1 + max(0.0, w - 1.0))
-    y2 = min(height - 1.0, y1 + max(0.0, h - 1.0))
-    if x2 >= x1 and y2 >= y1:
-        return x1, y1, x2 - x1, y2 - y1
-    return None
+    corner, size = np.asarray(bbox, dtype=np.float64).reshape(2, 2)
+    first = np.maximum(corner, 0.0)
+    last = np.minimum(first + np.maximum(size - 1.0, 0.0), np.array([width, height], dtype=np.float64) - 1.0)
+    if not np.all(last >= first):
+        return None
+    return (*first.tolist(), *(last - first).tolist())
+
+
+def _fit_aspect(w: float, h: float) -> Tuple[float, float]:
+    """Grow the box's short side so that width / height is the network input's (0.75); f64, as upstream."""
+    width_for_height = h * ASPECT_RATIO
+    if w > width_for_height:
+        return w, w / ASPECT_RATIO
+    if w < width_for_height:
+        return width_for_height, h
+    return w, h
 
 
 def box_to_center_scale(x: float, y: float, w: float, h: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Centre (f32) and scale (f32, in units of 200 px, enlarged 1.25x) of the crop for a clean box."""
-    center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
-    if w > ASPECT_RATIO * h:
-        h = w * 1.0 / ASPECT_RATIO
-    elif w < ASPECT_RATIO * h:
-        w = h * ASPECT_RATIO
-    scale = np.array([w * 1.0 / PIXEL_STD, h * 1.0 / PIXEL_STD], dtype=np.float32)
-    # GT boxes always have a centre other than -1, so the enlargement always applies (multiplied in f32)
-    scale = scale * np.float32(BOX_ENLARGE)
-    return center, scale
+    """Centre (f32) and scale (f32, in units of 200 px, enlarged 1.25x) of the crop for a clean box.
+
+    Centre and aspect-fitted size are f64 until stored as f32; the 1.25 enlargement is a product in f32.
+    GT boxes never have the centre -1 that would skip the enlargement upstream, so it always applies.
+    """
+    center = np.array([x + 0.5 * w, y + 0.5 * h], dtype=np.float32)
+    size = np.array(_fit_aspect(w, h), dtype=np.float64)
+    scale = (size / PIXEL_STD).astype(np.float32)
+    return center, scale * np.float32(BOX_ENLARGE)
 
 
-def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    d = a - b
-    return b + np.array([-d[1], d[0]], dtype=np.float32)
+# (dy, dx) times this is (dx, dy) turned a quarter turn: (-dy, dx)
+_QUARTER_TURN = np.array([-1.0, 1.0], dtype=np.float32)
+
+
+def _right_angle_corner(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For f32 points (..., 2): b plus (a - b) turned a quarter turn, so a, b and the result make a right angle at b."""
+    return b + (a - b)[..., ::-1] * _QUARTER_TURN
 
 
 def anchor_points(center: np.ndarray, scale: np.ndarray, output_size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
     """The three f32 point pairs (image, output) that define the crop, rotation 0.
 
-    Only ``scale[0]`` is used, and the output direction uses the output *width*, as upstream.
+    Anchor 0 is the centre on both sides, anchor 1 lies straight above it at half the crop's width (on the
+    output side too: upstream measures that side by the output *width*), anchor 2 completes the right angle
+    at anchor 1. Only ``scale[0]`` is used. Image-side anchor 1 is summed in f64 and stored as f32.
     """
-    src_w = np.float32(scale[0]) * np.float32(PIXEL_STD)
-    dst_w, dst_h = output_size
-    src = np.zeros((3, 2), dtype=np.float32)
-    dst = np.zeros((3, 2), dtype=np.float32)
-    src[0] = center
-    src[1] = np.asarray(center, dtype=np.float64) + np.array([0.0, -0.5 * float(src_w)])
-    dst[0] = [dst_w * 0.5, dst_h * 0.5]
-    dst[1] = [dst_w * 0.5, dst_h * 0.5 - dst_w * 0.5]
-    src[2] = _third_point(src[0], src[1])
-    dst[2] = _third_point(dst[0], dst[1])
-    return src, dst
+    out_w, out_h = output_size
+    crop_w = np.float32(scale[0]) * np.float32(PIXEL_STD)  # image pixels across the output width, f32
+    anchors = np.zeros((2, 3, 2), dtype=np.float32)  # [image, output] x anchor x (x, y)
+    anchors[0, 0] = center
+    anchors[0, 1] = np.asarray(center, dtype=np.float64) + (0.0, -0.5 * float(crop_w))
+    anchors[1, 0] = (0.5 * out_w, 0.5 * out_h)
+    anchors[1, 1] = (0.5 * out_w, 0.5 * out_h - 0.5 * out_w)
+    anchors[:, 2] = _right_angle_corner(anchors[:, 0], anchors[:, 1])
+    return anchors[0], anchors[1]
 
 
 def crop_matrix(
@@ -79,15 +92,21 @@ def crop_matrix(
 
 
 def apply_affine(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Map (..., 2) points through one 2x3 matrix (or a stack matching the leading dims), in f64."""
+    """Map (..., 2) points through one 2x3 matrix (or a stack matching the leading dims), in f64.
+
+    Each point is the product of its 2x3 matrix with the column [x, y, 1], taken by ``np.matmul`` on
+    C-contiguous f64 operands. For a (2, 3) @ (3, 1) product numpy calls BLAS ``dgemv``, the routine behind
+    upstream's ``np.dot(t, [x, y, 1])`` too, so the two agree to the last bit whatever order of terms and
+    fused multiply-adds the machine's BLAS kernel uses. ``m00*x + m01*y + m02`` term by term does not: on an
+    AVX-512 machine OpenBLAS's kernel gave ``fma(m00, x, m01*y) + m02``, and results files differed in the
+    last f32 bit of a few coordinates in 10^5 (tests/test_upstream_constants.py holds this to upstream).
+    """
     pts = np.asarray(points, dtype=np.float64)
-    m = np.asarray(matrix, dtype=np.float64)
-    x, y = pts[..., 0], pts[..., 1]
+    m = np.ascontiguousarray(matrix, dtype=np.float64)
     if m.ndim == 3:  # one matrix per leading row
         m = m.reshape(m.shape[:1] + (1,) * (pts.ndim - 2) + (2, 3))
-    out_x = m[..., 0, 0] * x + m[..., 0, 1] * y + m[..., 0, 2]
-    out_y = m[..., 1, 0] * x + m[..., 1, 1] * y + m[..., 1, 2]
-    return np.stack([out_x, out_y], axis=-1)
+    columns = np.concatenate([pts, np.ones(pts.shape[:-1] + (1,))], axis=-1)[..., None]  # (..., 3, 1)
+    return np.matmul(m, columns)[..., 0]
 
 
 def crop_image(image: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:

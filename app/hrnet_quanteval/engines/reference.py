@@ -18,16 +18,18 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..data import ANNOTATION_FILE, image_path, write_reference_layout
 from ..errors import EnvironmentProblem
 from ..evaluation import STAT_NAMES
 from ..inference import MEAN, STD
-from ..runtypes import Evaluation
+from ..progress import StageTimer
+from ..runtypes import EvalSet, Evaluation, RunOptions
 from .base import Calibrate, Engine
 
 LIB_PACKAGES = ("config", "core", "dataset", "models", "nms", "utils")
@@ -104,22 +106,23 @@ class HRNetLib:
 
     def __init__(self, root: Optional[str] = None) -> None:
         self.root = find_lib(root)
+        fix = ("prepare HRNet's lib with scripts/prepare-hrnet-lib.sh (make reference-lib) and point HRNET_LIB at it; "
+               "it needs yacs, json_tricks, scipy and torchvision")
         try:
             with isolated_imports(self.root):
                 config = importlib.import_module("config")
                 self.COCODataset = importlib.import_module("dataset.coco").COCODataset
                 self.validate = importlib.import_module("core.function").validate
                 self.JointsMSELoss = importlib.import_module("core.loss").JointsMSELoss
+                cfg = config.cfg.clone()
+                cfg.defrost()
+                cfg.merge_from_list(ZOO_SETTINGS)
+                cfg.freeze()
         except ImportError as error:
-            raise EnvironmentProblem(
-                f"HRNet's lib at {self.root} does not import ({error})",
-                "prepare it with scripts/prepare-hrnet-lib.sh (make reference-lib), and install "
-                "yacs, json_tricks, scipy and torchvision",
-            ) from None
-        cfg = config.cfg.clone()
-        cfg.defrost()
-        cfg.merge_from_list(ZOO_SETTINGS)
-        cfg.freeze()
+            raise EnvironmentProblem(f"HRNet's lib at {self.root} does not import ({error})", fix) from None
+        except Exception as error:  # noqa: BLE001 - a broken lib, or another project's folder of the same names
+            what = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            raise EnvironmentProblem(f"{self.root} is not HRNet's prepared lib ({what})", fix) from None
         self.cfg = cfg
 
     def dataset(self, root: str):
@@ -139,10 +142,30 @@ class ReferenceEngine(Engine):
     def __init__(self, lib_root: Optional[str] = None) -> None:
         self.lib = HRNetLib(lib_root)
         self._datasets: Dict[str, object] = {}
+        self._shims: Dict[Tuple[str, str, Optional[int]], "tempfile.TemporaryDirectory[str]"] = {}
 
-    def prepare(self, evalset) -> None:
+    def prepare(self, evalset: EvalSet) -> None:
         """Build HRNet's COCO index for ``evalset`` now (the native engine's is built by ``open_dataset``)."""
-        self._dataset(evalset.root)
+        self._dataset(self._root(evalset))
+
+    def _root(self, evalset: EvalSet) -> str:
+        """A folder HRNet's loader can read: the dataset itself in the zoo's layout, else a linked copy of it.
+
+        HRNet reads only ``<root>/annotations/person_keypoints_val2017.json`` and ``<root>/images/val2017/<id>.jpg``
+        over whole files; other layouts, other sets and ``--max-images`` get a folder of links in that layout.
+        """
+        root = evalset.root
+        if root is not None and evalset.max_images is None and (
+            os.path.abspath(evalset.annotation_file) == os.path.abspath(os.path.join(root, ANNOTATION_FILE))
+            and all(path == image_path(root, int(i)) for path, i in zip(evalset.instances.paths, evalset.instances.image_ids))
+        ):
+            return root
+        key = (os.path.abspath(evalset.annotation_file), os.path.abspath(evalset.image_dir), evalset.max_images)
+        if key not in self._shims:
+            folder = tempfile.TemporaryDirectory(prefix="hrnet-reference-layout-")
+            write_reference_layout(evalset.annotation_file, evalset.image_dir, folder.name, evalset.max_images)
+            self._shims[key] = folder
+        return self._shims[key].name
 
     def _dataset(self, root: str):
         if root not in self._datasets:
@@ -155,14 +178,11 @@ class ReferenceEngine(Engine):
             pin_memory=device.type == "cuda",
         )
 
-    def evaluate(self, name: str, model: nn.Module, evalset, device: torch.device, run_dir: str, options, timer):
+    def evaluate(self, name: str, model: nn.Module, evalset: EvalSet, device: torch.device, run_dir: str,
+                 options: RunOptions, timer: StageTimer) -> Evaluation:
         """The seed's ``validate`` on ``model``; the results file lands as ``keypoints_<name>_results.json``."""
-        if evalset.max_images is not None:
-            raise EnvironmentProblem(
-                "the reference engine evaluates whole annotation files, not --max-images",
-                "use `hrnet-quanteval parity --max-images N`, which prepares a subset folder for both engines",
-            )
-        dataset = self._dataset(evalset.root)
+        root = self._root(evalset)
+        dataset = self._dataset(root)
         captured: Dict[str, object] = {}
         original = dataset.evaluate
 
@@ -178,7 +198,7 @@ class ReferenceEngine(Engine):
         try:
             with tempfile.TemporaryDirectory(prefix="hrnet-reference-") as out, contextlib.redirect_stdout(log):
                 criterion = self.lib.JointsMSELoss(use_target_weight=True).to(device)
-                loader = self._loader(evalset.root, options.batch_size, options.workers, device)
+                loader = self._loader(root, options.batch_size, options.workers, device)
                 self.lib.validate(self.lib.cfg, loader, dataset, model.to(device), criterion, out, out)
                 results_file = os.path.join(run_dir, f"keypoints_{name}_results.json")
                 shutil.copyfile(os.path.join(out, "results", RESULTS_NAME), results_file)
@@ -191,14 +211,15 @@ class ReferenceEngine(Engine):
         stats = {ours: float(lib_stats[theirs]) for ours, theirs in zip(STAT_NAMES, LIB_STAT_NAMES)}
         return Evaluation(stats, captured["preds"], results_file)
 
-    def calibration(self, evalset, count: int, options, device: torch.device,
+    def calibration(self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device,
                     on_batch: Optional[Callable[[int], None]] = None) -> Calibrate:
         """The zoo's callback: forward passes over the lib's loader from its start, first ``count`` samples only."""
 
         def calibrate(model: nn.Module) -> None:
             seen = 0
+            loader = self._loader(self._root(evalset), options.batch_size, options.workers, device)
             with torch.no_grad():
-                for inputs, _target, _weight, _meta in self._loader(evalset.root, options.batch_size, options.workers, device):
+                for inputs, _target, _weight, _meta in loader:
                     inputs = inputs[: count - seen]
                     model(inputs.to(device))
                     seen += len(inputs)

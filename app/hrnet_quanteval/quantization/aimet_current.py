@@ -14,13 +14,14 @@ Differences from AIMET 1.22 that this adapter absorbs (spec 9.7):
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Set, Tuple
 
 import torch
 from torch import nn
 
 from ..model import split_relu_sites
 from .base import AdapterBase
+from .encodings import EncodingsFile
 
 
 def _is_true(value) -> bool:
@@ -53,21 +54,33 @@ class Adapter(AdapterBase):
         return sim
 
     def _param_quantizers(self, sim):
+        """(key, module, param, quantizer or None) for every parameter of every quantized module."""
         for name, module in sim.model.named_modules():
             quantizers = getattr(module, "param_quantizers", None)
             if quantizers is None:
                 continue
             for param, quantizer in quantizers.items():
-                if quantizer is not None:
-                    yield f"{name}.{param}", module, param, quantizer
+                yield f"{name}.{param}", module, param, quantizer
 
     def param_channels(self, sim) -> Dict[str, int]:
-        return {key: int(getattr(module, param).shape[0]) for key, module, param, _ in self._param_quantizers(sim)}
+        return {key: int(getattr(module, param).shape[0]) for key, module, param, _ in self._param_quantizers(sim)
+                if getattr(module, param, None) is not None}
 
-    def load_param_encodings(self, sim, encodings: Dict[str, List[dict]], path: str) -> None:
-        by_key = {key: quantizer for key, _, _, quantizer in self._param_quantizers(sim)}
-        for key, entries in encodings.items():
-            set_legacy_grid(by_key[key], entries)
+    def enabled_param_keys(self, sim) -> Set[str]:
+        return {key for key, _, _, quantizer in self._param_quantizers(sim) if quantizer is not None}
+
+    def load_param_encodings(self, sim, encodings: EncodingsFile) -> None:
+        """Each enabled quantizer gets the file's exact grid, frozen; keys of disabled quantizers (``*.bias``)
+        have nothing to set here, which is what they do in AIMET 1.22 too: they quantize nothing."""
+        by_key = {key: quantizer for key, _, _, quantizer in self._param_quantizers(sim) if quantizer is not None}
+        for key, entries in encodings.entries.items():
+            if key in by_key:
+                set_legacy_grid(by_key[key], entries)
+
+    def frozen_param_count(self, sim) -> int:
+        """Weight quantizers whose encoding can no longer be overwritten, read from the sim."""
+        return sum(1 for _, _, _, q in self._param_quantizers(sim)
+                   if q is not None and q.is_initialized() and not q.is_overwrite_allowed())
 
     def fold_param_quantizers(self, sim) -> bool:
         """Quantize every weight once (frozen encodings kept, others from the weights), as the sim would per forward."""
@@ -78,21 +91,67 @@ class Adapter(AdapterBase):
         sim.compute_encodings(callback)
 
     def summary(self, sim) -> Dict[str, int]:
+        """Quantizers in the sim; a weight quantized once (``fold_param_quantizers``) still counts as one."""
+        from aimet_torch.quantization.tensor import DequantizedTensor
+
         activation, params = set(), set()
+        folded = 0
         for module in sim.model.modules():
             if hasattr(module, "param_quantizers"):
                 params |= {id(q) for q in module.param_quantizers.values() if q is not None}
+                folded += sum(isinstance(getattr(module, p, None), DequantizedTensor) and q is None
+                              for p, q in module.param_quantizers.items())
                 activation |= {id(q) for q in list(module.input_quantizers) + list(module.output_quantizers) if q is not None}
         groups = self._groups.get(id(sim), {})
         return {
-            "activation": len(activation), "param": len(params), "enabled": len(activation) + len(params),
+            "activation": len(activation), "param": len(params) + folded, "enabled": len(activation) + len(params) + folded,
             "shared_relu_groups": len(groups), "relu_call_sites": sum(len(g) for g in groups.values()),
         }
+
+    def activation_ranges(self, sim) -> Dict[str, Dict[str, Tuple[float, float]]]:
+        """Per quantized module: ``{"input"|"output": (min, max)}`` of its calibrated activation quantizers."""
+        out: Dict[str, Dict[str, Tuple[float, float]]] = {}
+        for name, module in sim.model.named_modules():
+            if not hasattr(module, "output_quantizers"):
+                continue
+            for kind, quantizers in (("input", module.input_quantizers), ("output", module.output_quantizers)):
+                for q in quantizers:
+                    if q is not None and q.is_initialized():
+                        out.setdefault(name, {})[kind] = (float(q.get_min().detach()), float(q.get_max().detach()))
+        return out
+
+    def param_settings(self, sim) -> Dict[str, Dict[str, object]]:
+        """Per parameter quantizer: enabled, bitwidth, symmetric and its channel count (0: per tensor)."""
+        out: Dict[str, Dict[str, object]] = {}
+        for key, _, _, q in self._param_quantizers(sim):
+            if q is None:
+                out[key] = {"enabled": False, "bitwidth": None, "symmetric": None, "channels": 0}
+                continue
+            shape = tuple(q.shape)
+            channels = shape[0] if shape and all(d == 1 for d in shape[1:]) and shape[0] > 1 else 0
+            out[key] = {"enabled": True, "bitwidth": int(q.bitwidth), "symmetric": bool(q.symmetric), "channels": channels}
+        return out
+
+    def export(self, sim, directory: str, prefix: str, dummy: torch.Tensor) -> List[str]:
+        """aimet-torch's export, with its encodings in the 0.6.1 dict layout (1.22's, nested under
+        ``param_encodings``), so that ``--encodings`` reads an export back on either generation."""
+        import warnings
+
+        from aimet_torch.common import quantsim as settings
+
+        saved = settings.encoding_version
+        settings.encoding_version = "0.6.1"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return super().export(sim, directory, prefix, dummy)
+        finally:
+            settings.encoding_version = saved
 
     def export_param_encodings(self, sim) -> Dict[str, List[dict]]:
         out = {}
         for key, _, _, quantizer in self._param_quantizers(sim):
-            if quantizer.is_initialized():
+            if quantizer is not None and quantizer.is_initialized():
                 out[key] = legacy_entries(quantizer)
         return out
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import EnvironmentProblem
 from .base import INPUT_SHAPE, check_bitwidths
-from .encodings import match_encodings, read_encodings
+from .encodings import EncodingsFile, match_encodings, model_param_channels, read_encodings
 
 CALIBRATION_BATCHES = 12  # the zoo's callback runs batches 0..11 before its `i > 10` break
 SEED_BATCH_SIZE = 32
@@ -36,6 +36,7 @@ class QuantPlan:
     encodings: Optional[str] = None
     fold_batch_norms: bool = True
     export_dir: Optional[str] = None
+    checked_encodings: Optional[EncodingsFile] = None  # set by ``check_plan``: read and checked once
 
     @property
     def key(self) -> str:
@@ -76,6 +77,19 @@ def load_adapter():
     return aimet_current.Adapter()
 
 
+def check_plan(plan: QuantPlan, model: nn.Module) -> None:
+    """Everything about the plan that can be checked without AIMET's compute: the encodings file, entry by
+    entry, against the convolutions of the model it will quantize (exit 2 before the FP32 pass)."""
+    check_bitwidths(plan.param_bw, plan.output_bw)
+    if plan.encodings is not None and plan.checked_encodings is None:
+        encodings = read_encodings(plan.encodings)
+        channels = model_param_channels(model)
+        match_encodings(encodings, channels)
+        plan.checked_encodings = encodings
+        for notice in encodings.notices:
+            print(f"notice: {notice}")
+
+
 def quantize(
     model: nn.Module,
     plan: QuantPlan,
@@ -88,8 +102,9 @@ def quantize(
 
     ``accelerate`` quantizes the weights once, before calibration, instead of on every forward pass (where
     the installed AIMET can; not with ``export_dir``, which needs the weight quantizers): the same numbers.
+    What the report says was frozen, and the quantizer counts, are read from the sim, never from the file.
     """
-    check_bitwidths(plan.param_bw, plan.output_bw)
+    check_plan(plan, model)
     adapter = adapter or load_adapter()
     model = copy.deepcopy(model).to(device).eval()
     info: Dict[str, object] = {"aimet": adapter.describe(), "param_bw": plan.param_bw, "output_bw": plan.output_bw}
@@ -97,19 +112,22 @@ def quantize(
         info["folded_batch_norms"] = adapter.fold(model, INPUT_SHAPE)
     dummy = torch.randn(INPUT_SHAPE, device=device)  # only traced; its values never reach any statistics
     sim = adapter.create_sim(model, dummy, plan.param_bw, plan.output_bw)
-    if plan.encodings is not None:
-        encodings = read_encodings(plan.encodings)
-        match_encodings(encodings, adapter.param_channels(sim), plan.encodings)
-        adapter.load_param_encodings(sim, encodings, plan.encodings)
-        info["frozen_param_encodings"] = len(encodings)
-        bitwidths = sorted({int(v[0]["bitwidth"]) for v in encodings.values()})
-        info["param_bitwidths_in_file"] = bitwidths
-    else:
-        info["frozen_param_encodings"] = 0
-    info["quantizers"] = adapter.summary(sim)
+    encodings = plan.checked_encodings
+    if encodings is not None:
+        channels = adapter.param_channels(sim)
+        _, other = match_encodings(encodings, channels, adapter.enabled_param_keys(sim))
+        adapter.load_param_encodings(sim, encodings)
+        info["encodings_layout"] = encodings.layout
+        info["param_bitwidths_in_file"] = encodings.bitwidths
+        if other:
+            info["encodings_for_disabled_quantizers"] = len(other)
+            print(f"notice: {plan.encodings}: {len(other)} keys name parameters whose quantizer is disabled "
+                  f"(e.g. {other[0]}); set and frozen as AIMET 1.22 does, they quantize nothing")
+    info["frozen_param_encodings"] = adapter.frozen_param_count(sim) if encodings is not None else 0
     if accelerate and not plan.export_dir:
         info["weights_quantized_once"] = adapter.fold_param_quantizers(sim)
     adapter.compute_encodings(sim, calibrate)
+    info["quantizers"] = adapter.summary(sim)  # after calibration: 1.22 disables quantizers without an encoding
     if plan.export_dir:
         os.makedirs(plan.export_dir, exist_ok=True)
         info["export"] = adapter.export(sim, plan.export_dir, f"hrnet_{plan.key}", dummy)
