@@ -11,17 +11,25 @@ PYTHON38 ?= $(shell p=$$(pyenv prefix 3.8 2>/dev/null | head -n 1); if [ -x "$$p
 LINT_VENV ?= .venv-lint
 LINT_STAMP := $(LINT_VENV)/.installed
 ARGS ?=
+# The project's shared fixtures (upstream sources, real photographs): ../shared beside the checkout, or SHARED=DIR
+SHARED ?= $(firstword $(wildcard shared ../shared))
 HRNET_COMMIT ?= 00d7bf72f56382165e504b10ff0dddb82dca6fd2
-HRNET_BUNDLE ?= $(firstword $(wildcard shared/third_party/hrnet-00d7bf72/HRNet-Human-Pose-Estimation.bundle ../shared/third_party/hrnet-00d7bf72/HRNet-Human-Pose-Estimation.bundle))
+HRNET_BUNDLE ?= $(wildcard $(SHARED)/third_party/hrnet-00d7bf72/HRNet-Human-Pose-Estimation.bundle)
 HRNET_REPO ?= $(if $(HRNET_BUNDLE),$(abspath $(HRNET_BUNDLE)),https://github.com/HRNet/HRNet-Human-Pose-Estimation.git)
 HRNET_SRC ?= build/hrnet-src
 MAIN_LIB := build/hrnet-lib
 LEGACY_LIB := build/hrnet-lib-legacy
-AIMET122_SRC ?= $(firstword $(wildcard shared/third_party/aimet-1.22.2/python ../shared/third_party/aimet-1.22.2/python))
-LEGACY_ENV = PYTHONPATH=$(CURDIR)/tests/aimet122/standin AIMET122_PYTHON_SRC=$(abspath $(AIMET122_SRC)) \
-	HRNET_LIB=$(abspath $(LEGACY_LIB)) HRNET_SRC=$(abspath $(HRNET_SRC))
+AIMET122_SRC ?= $(wildcard $(SHARED)/third_party/aimet-1.22.2/python)
+TEST_ENV = HRNET_SRC=$(abspath $(HRNET_SRC)) HRNET_QUANTEVAL_SHARED=$(abspath $(SHARED))
+LEGACY_ENV = $(TEST_ENV) PYTHONPATH=$(CURDIR)/tests/aimet122/standin AIMET122_PYTHON_SRC=$(abspath $(AIMET122_SRC)) \
+	HRNET_LIB=$(abspath $(LEGACY_LIB))
 
-.PHONY: test test-legacy lint selftest reference-lib image eval venv clean
+.PHONY: test test-legacy lint selftest reference-lib image eval venv clean shared
+
+# The suites need the shared fixtures; say where they are looked for rather than failing test by test.
+shared:
+	@if [ -z "$(SHARED)" ] || [ ! -d "$(SHARED)/third_party" ]; then \
+	  echo "make: the shared fixtures (third_party/, data/) are not at ./shared or ../shared; pass SHARED=DIR" >&2; exit 1; fi
 
 venv: $(STAMP)
 
@@ -33,8 +41,8 @@ $(STAMP): requirements/test.txt app/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e app
 	touch $@
 
-test: $(STAMP) $(MAIN_LIB)/HRNET_COMMIT
-	HRNET_LIB=$(abspath $(MAIN_LIB)) HRNET_SRC=$(abspath $(HRNET_SRC)) $(PY) -m pytest -q -rs
+test: shared $(STAMP) $(MAIN_LIB)/HRNET_COMMIT
+	$(TEST_ENV) HRNET_LIB=$(abspath $(MAIN_LIB)) $(PY) -m pytest -q -rs
 
 # The legacy stack's interpreter and libraries (Python 3.8, torch 1.9.1, numpy 1.23.5: requirements/legacy.txt,
 # the file the Dockerfile's legacy target reads; requirements/legacy-test.txt adds what AIMET 1.22.2's Python
@@ -51,7 +59,7 @@ $(LEGACY_STAMP): requirements/legacy.txt requirements/legacy-test.txt app/pyproj
 
 # AIMET 1.22.2's own Python sources (../shared/third_party, a test fixture) with our stand-ins for its compiled
 # parts (tests/aimet122/standin): every AIMET test runs against 1.22.2's QuantizationSimModel here.
-test-legacy: $(LEGACY_STAMP) $(LEGACY_LIB)/HRNET_COMMIT
+test-legacy: shared $(LEGACY_STAMP) $(LEGACY_LIB)/HRNET_COMMIT
 	$(LEGACY_VENV)/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 8), sys.version'
 	$(LEGACY_VENV)/bin/python -m compileall -q -f app/hrnet_quanteval
 	$(LEGACY_ENV) $(LEGACY_VENV)/bin/python -m pytest -q -rs

@@ -88,7 +88,7 @@ def test_crop_cache_serves_exactly_what_the_loader_produced(synth_root):
     assert torch.equal(first, third) and not small._caches[evalset.annotation_file].holds(1)
 
 
-@pytest.mark.aimet
+@pytest.mark.aimet2
 def test_quantizing_weights_once_changes_no_output():
     from hrnet_quanteval.quantization.simulate import QuantPlan, load_adapter, quantize
 

@@ -151,4 +151,4 @@ def test_compare_shows_two_runs_side_by_side(synthetic_run, tmp_path):
     assert "A FP32" in out.stdout and "B FP32" in out.stdout and "+0.0100" in out.stdout
     assert "torch: A" in out.stdout
     missing = run_cli("compare", folder, str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "cannot be read" in missing.stderr
+    assert missing.returncode == 2 and "nowhere does not exist" in missing.stderr

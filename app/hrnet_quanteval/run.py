@@ -144,9 +144,10 @@ def execute(
             record_model(outcome, "fp32", result)
         if plan is not None:
             source = quant_source if quant_source is not None else fp32
-            result, info = quantize_and_evaluate(source, plan, evalset, device, run_dir, options, outcome.timer, adapter, engine)
+            result, quantized = quantize_and_evaluate(source, plan, evalset, device, run_dir, options, outcome.timer, adapter,
+                                                      engine)
             record_model(outcome, plan.key, result)
-            outcome.quantization = info
+            outcome.quantization = quantized.info
     return outcome
 
 
@@ -159,7 +160,10 @@ def quantize_and_evaluate(
     source: nn.Module, plan, evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
     timer: StageTimer, adapter=None, engine: Optional[Engine] = None,
 ):
-    """Build and calibrate the AIMET sim on the first crops in loader order, then evaluate it like FP32."""
+    """Build and calibrate the AIMET sim on the first crops in loader order, then evaluate it like FP32.
+
+    Returns the evaluation and the calibrated sim (``Quantized``: its model and what was done to get it).
+    """
     from .quantization.simulate import quantize
 
     engine = engine or NativeEngine()
@@ -174,7 +178,7 @@ def quantize_and_evaluate(
     quantized.info["calibration_images"] = count
     with stage(f"{plan.key.upper()} evaluation"):
         result = engine.evaluate(plan.key, quantized.model, evalset, device, run_dir, options, timer)
-    return result, quantized.info
+    return result, quantized
 
 
 @contextlib.contextmanager

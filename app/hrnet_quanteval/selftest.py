@@ -81,12 +81,11 @@ def run_selftest(args, command: Sequence[str], quantized: Sequence[int] = (8, 4)
             else:
                 for bits in quantized:
                     plan = QuantPlan(param_bw=bits, output_bw=8, calibration_images=args.calibration_images)
-                    result, info = run.quantize_and_evaluate(
+                    result, sim = run.quantize_and_evaluate(
                         oracle, plan, evalset, device, run_dir, options, outcome.timer, adapter
                     )
-                    outcome.models[plan.key] = result.stats
-                    outcome.evaluations[plan.key] = result
-                    outcome.quantization[plan.key] = info
+                    run.record_model(outcome, plan.key, result)
+                    outcome.quantization[plan.key] = sim.info
             verdict = selftest_verdict(outcome.models)
             record = run.build_report(run_id, command, outcome, verdict, evalset, device, options, {})
             record["dataset"]["synthetic_seed"] = args.seed

@@ -126,13 +126,15 @@ def _pose(rng: np.random.Generator) -> np.ndarray:
     return np.clip(pose, 0.04, 0.96)
 
 
-def _place_people(rng: np.random.Generator, width: int, height: int, count: int) -> List[Person]:
+def _place_people(
+    rng: np.random.Generator, width: int, height: int, count: int, heights: Tuple[float, float] = (120, 330)
+) -> List[Person]:
     people: List[Person] = []
     regions: List[Tuple[float, float, float, float]] = []
     for _ in range(count * 25):
         if len(people) == count:
             break
-        h = float(rng.uniform(120, min(330, height * 0.75)))
+        h = float(rng.uniform(heights[0], min(heights[1], height * 0.75)))
         w = h * float(rng.uniform(0.55, 0.8))
         x = float(rng.uniform(-0.1 * w, width - 0.9 * w))
         y = float(rng.uniform(0, height - h))
@@ -223,9 +225,9 @@ def _extra_annotation(rng: np.random.Generator, kind: str, ann_id: int, image_id
     }
 
 
-def _write_jpeg(path: str, rgb: np.ndarray) -> None:
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):  # full-resolution colour keeps small glyphs intact
+def _write_jpeg(path: str, rgb: np.ndarray, photo_like: bool = False) -> None:
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90 if photo_like else 95]
+    if not photo_like and hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):  # full-resolution colour keeps glyphs intact
         params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
     if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params):
         raise OSError(f"cannot write {path}")
@@ -279,3 +281,77 @@ def generate(root: str, images: int = 32, seed: int = 0, max_people: int = 3) ->
         json.dump(dataset, f)
     return counts
 
+
+# -- a set with COCO val2017's shape, for timing the pipeline at its scale (``bench --scale coco``) -----------
+
+# COCO val2017's frequent image sizes (width, height), roughly in its proportions: most have 640 on the long side
+COCO_SIZES: Tuple[Tuple[int, int], ...] = (
+    (640, 480), (640, 427), (480, 640), (640, 424), (640, 426), (427, 640), (640, 360), (500, 375), (612, 612), (640, 512),
+)
+COCO_SIZE_WEIGHTS = (0.38, 0.18, 0.12, 0.07, 0.06, 0.05, 0.04, 0.04, 0.03, 0.03)
+COCO_IMAGES, COCO_INSTANCES = 5000, 6352  # val2017 with ground-truth person boxes
+
+
+def people_counts(images: int, instances: int, seed: int) -> List[int]:
+    """One person in every image and the rest spread as twos and threes: ``instances`` people over ``images``."""
+    extra = instances - images
+    if extra < 0 or extra > 2 * images:
+        raise ValueError(f"{instances} people do not fit {images} images at one to three each")
+    threes = max(0, extra - images)
+    counts = [3] * threes + [2] * (extra - 2 * threes) + [1] * (images - (extra - threes))
+    np.random.default_rng(seed).shuffle(counts)
+    return counts
+
+
+def _coco_image(task: Tuple[str, int, int, int, int]) -> Tuple[dict, List[dict]]:
+    """Draw and write one image of the COCO-shaped set: (its record, its people's annotations, ids from ``first``)."""
+    root, seed, index, image_id, count = task
+    rng = np.random.default_rng([seed, index])
+    width, height = COCO_SIZES[int(rng.choice(len(COCO_SIZES), p=COCO_SIZE_WEIGHTS))]
+    canvas = _background(rng, width, height)
+    people: List[Person] = []
+    for heights in ((120, 330), (70, 220), (40, 140)):  # smaller people when several must fit
+        people = _place_people(rng, width, height, count, heights)
+        if len(people) == count:
+            break
+    if len(people) != count:
+        raise RuntimeError(f"could not place {count} people in a {width}x{height} image")
+    for person in people:
+        _draw_person(canvas, person)
+    _write_jpeg(image_path(root, image_id), canvas, photo_like=True)
+    record = {"id": image_id, "file_name": "%012d.jpg" % image_id, "width": width, "height": height}
+    return record, [_annotation(person, 0, image_id) for person in people]
+
+
+def generate_coco_shaped(
+    root: str, images: int = COCO_IMAGES, instances: int = COCO_INSTANCES, seed: int = 0, workers: int = 1
+) -> Dict[str, int]:
+    """Write a set with COCO val2017's shape: ``images`` photo-sized JPEGs of COCO's size mix holding
+    ``instances`` people, one to three per image; images drawn in ``workers`` processes, the same bytes for any
+    number of them."""
+    os.makedirs(os.path.join(root, IMAGE_DIR), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.join(root, ANNOTATION_FILE)), exist_ok=True)
+    ids = np.random.default_rng(seed).choice(np.arange(1, 600000), size=images, replace=False)
+    tasks = [(root, seed, n, int(i), c) for n, (i, c) in enumerate(zip(ids, people_counts(images, instances, seed)))]
+    if workers > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            drawn = pool.map(_coco_image, tasks, chunksize=32)
+    else:
+        drawn = [_coco_image(task) for task in tasks]
+    records, annotations = [], []
+    for record, anns in drawn:
+        records.append(record)
+        for ann in anns:
+            ann["id"] = len(annotations) + 1
+            annotations.append(ann)
+    dataset = {
+        "info": {"description": "hrnet-quanteval synthetic person keypoints in COCO val2017's shape", "seed": seed},
+        "licenses": [], "images": records, "annotations": annotations,
+        "categories": [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(JOINT_NAMES),
+                        "skeleton": [[a + 1, b + 1] for a, b in SKELETON]}],
+    }
+    with open(os.path.join(root, ANNOTATION_FILE), "w") as f:
+        json.dump(dataset, f)
+    return {"images": images, "people": len(annotations)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional
 
@@ -106,6 +107,7 @@ def quantize(
     """
     check_plan(plan, model)
     adapter = adapter or load_adapter()
+    start = time.perf_counter()
     model = copy.deepcopy(model).to(device).eval()
     info: Dict[str, object] = {"aimet": adapter.describe(), "param_bw": plan.param_bw, "output_bw": plan.output_bw}
     if plan.fold_batch_norms:
@@ -126,7 +128,10 @@ def quantize(
     info["frozen_param_encodings"] = adapter.frozen_param_count(sim) if encodings is not None else 0
     if accelerate and not plan.export_dir:
         info["weights_quantized_once"] = adapter.fold_param_quantizers(sim)
+    info["sim_seconds"] = time.perf_counter() - start  # BN fold, sim, frozen encodings: the sim's construction
+    start = time.perf_counter()
     adapter.compute_encodings(sim, calibrate)
+    info["calibration_seconds"] = time.perf_counter() - start
     info["quantizers"] = adapter.summary(sim)  # after calibration: 1.22 disables quantizers without an encoding
     if plan.export_dir:
         os.makedirs(plan.export_dir, exist_ok=True)
