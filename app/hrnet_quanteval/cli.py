@@ -198,8 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_artifact_options(pa)
     _add_run_options(pa)
 
-    be = _command(commands, "bench", "time every stage on a synthetic set against the model's own forward passes")
-    be.add_argument("--instances", type=int_range(1, 100000), default=64, help="person instances (default 64)")
+    be = _command(commands, "bench", "time every stage on a synthetic set against floors measured in the same run")
+    be.add_argument(
+        "--scale", choices=("small", "coco"), default="small",
+        help="small: --instances people and an HRNet, against its forward passes (default); coco: COCO val2017's "
+        "shape (5000 images, 6352 people, drawn once into the cache) and a negligible model, against decoding and COCOeval",
+    )
+    be.add_argument("--instances", type=int_range(1, 100000), default=64, help="person instances at --scale small (default 64)")
+    be.add_argument(
+        "--coco-images", type=int_range(10, 100000), default=5000, metavar="N",
+        help="images of the COCO-shaped set (default 5000, val2017's; people scale with it); smaller for a quick look",
+    )
     be.add_argument("--arch", choices=("w32", "tiny"), default="tiny", help="HRNet-W32, or a cheap variant (default)")
     be.add_argument("--engine", choices=("native", "reference", "both"), default="native", help="default native")
     be.add_argument("--repeat", type=int_range(1, 100), default=3, help="repetitions; medians are reported (default 3)")
@@ -209,6 +218,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration crops (default 384, capped at the set's size)",
     )
     _add_run_options(be)
+
+    di = _command(
+        commands, "diagnose",
+        "name the quantized layers that cost accuracy (output SQNR, per-layer sensitivity) and check frozen weight "
+        "encodings against their weights",
+    )
+    _add_dataset_option(di)
+    di.add_argument(
+        "--fp32-checkpoint", metavar="FILE",
+        help="FP32 HRNet weights, the reference (folded); default: the zoo's hrnet_posenet_FP32.pth",
+    )
+    di.add_argument(
+        "--quantized-checkpoint", metavar="FILE",
+        help="quantized weights to wrap as they are; default: the zoo's, or, with --fp32-checkpoint, the FP32 model folded",
+    )
+    di.add_argument(
+        "--encodings", metavar="FILE",
+        help="1.22-style weight encodings to load, freeze and check; default: the zoo's with its checkpoint, else computed",
+    )
+    _add_artifact_options(di)
+    _add_quant_options(di)
+    di.add_argument(
+        "--images", type=int_range(1), default=64, metavar="N",
+        help="the first N crops in loader order for SQNR and sensitivity (default 64; every quantized layer runs them once)",
+    )
+    _add_run_options(di)
+    di.set_defaults(skip_fp32=False, fp32_only=False)  # the FP32 model is always the reference
 
     co = _command(commands, "compare", "the stats of two runs side by side")
     co.add_argument("run_a", metavar="RUN_A", help="a run folder or its report.json")
@@ -303,6 +339,10 @@ def _dispatch(args, command: List[str]) -> int:
         from .bench import run_bench
 
         return run_bench(args, command)
+    if args.command == "diagnose":
+        from .diagnose import run_diagnose
+
+        return run_diagnose(args, command)
     if args.command == "compare":
         from .report import compare_runs
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -128,26 +128,38 @@ def execute(
     fp32: Optional[nn.Module] = None, quant_source: Optional[nn.Module] = None, plan=None, adapter=None,
     engine: Optional[Engine] = None, fp32_cache=None,
 ) -> Outcome:
-    """FP32 evaluation (when a model is given; reused from ``fp32_cache`` when it has it), then the quantized one."""
+    """The FP32 row (when a model is given; reused from ``fp32_cache`` when it has it) and the quantized one.
+
+    The sim is built and calibrated first (on the first crops in loader order, which the native engine keeps),
+    then both models are evaluated together, in one pass over the data where the engine can (native) or one
+    after the other (reference). Each model's numbers are what a run of its own gives.
+    """
     engine = engine or NativeEngine()
     seed_everything(device)
     outcome = Outcome(timer=StageTimer(device), engine=engine.name)
     with out_of_memory_advice(device, options.batch_size):
+        pending: List[Tuple[str, nn.Module]] = []
         if fp32 is not None:
-            result = fp32_cache.reuse(run_dir, len(evalset.instances)) if fp32_cache is not None else None
-            if result is None:
-                with stage("FP32 evaluation"):
-                    result = engine.evaluate("fp32", fp32, evalset, device, run_dir, options, outcome.timer)  # type: ignore[arg-type]
-                if fp32_cache is not None:
-                    fp32_cache.keep(result, run_dir)
+            cached = fp32_cache.reuse(run_dir, len(evalset.instances)) if fp32_cache is not None else None
+            if cached is None:
+                pending.append(("fp32", fp32))
             outcome.notes["fp32_results"] = fp32_cache.note if fp32_cache is not None else "computed (cache off)"
-            record_model(outcome, "fp32", result)
         if plan is not None:
             source = quant_source if quant_source is not None else fp32
-            result, quantized = quantize_and_evaluate(source, plan, evalset, device, run_dir, options, outcome.timer, adapter,
-                                                      engine)
-            record_model(outcome, plan.key, result)
+            quantized = quantize_model(source, plan, evalset, device, options, outcome.timer, adapter, engine)
             outcome.quantization = quantized.info
+            outcome.quantized_models[plan.key] = quantized.model
+            pending.append((plan.key, quantized.model))
+        names = " and ".join(name.upper() for name, _ in pending)
+        with stage(f"{names} evaluation"):
+            results = engine.evaluate_many(pending, evalset, device, run_dir, options, outcome.timer) if pending else {}
+        if fp32 is not None:
+            if cached is None and fp32_cache is not None:
+                fp32_cache.keep(results["fp32"], run_dir)
+                outcome.notes["fp32_results"] = fp32_cache.note
+            record_model(outcome, "fp32", cached if cached is not None else results["fp32"])
+        if plan is not None:
+            record_model(outcome, plan.key, results[plan.key])
     return outcome
 
 
@@ -156,14 +168,11 @@ def record_model(outcome: Outcome, key: str, result: Evaluation) -> None:
     outcome.evaluations[key] = result
 
 
-def quantize_and_evaluate(
-    source: nn.Module, plan, evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
-    timer: StageTimer, adapter=None, engine: Optional[Engine] = None,
+def quantize_model(
+    source: nn.Module, plan, evalset: EvalSet, device: torch.device, options: RunOptions, timer: StageTimer,
+    adapter=None, engine: Optional[Engine] = None,
 ):
-    """Build and calibrate the AIMET sim on the first crops in loader order, then evaluate it like FP32.
-
-    Returns the evaluation and the calibrated sim (``Quantized``: its model and what was done to get it).
-    """
+    """The AIMET sim of ``source``, built and calibrated on the first crops in loader order (``Quantized``)."""
     from .quantization.simulate import quantize
 
     engine = engine or NativeEngine()
@@ -176,6 +185,16 @@ def quantize_and_evaluate(
     progress.close()
     timer.add("calibration", start)
     quantized.info["calibration_images"] = count
+    return quantized
+
+
+def quantize_and_evaluate(
+    source: nn.Module, plan, evalset: EvalSet, device: torch.device, run_dir: str, options: RunOptions,
+    timer: StageTimer, adapter=None, engine: Optional[Engine] = None,
+):
+    """Build and calibrate the AIMET sim, then evaluate it like FP32; the evaluation and the sim (``Quantized``)."""
+    engine = engine or NativeEngine()
+    quantized = quantize_model(source, plan, evalset, device, options, timer, adapter, engine)
     with stage(f"{plan.key.upper()} evaluation"):
         result = engine.evaluate(plan.key, quantized.model, evalset, device, run_dir, options, timer)
     return result, quantized

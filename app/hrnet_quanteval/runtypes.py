@@ -70,3 +70,4 @@ class Outcome:
     engine: str = "native"
     evaluations: Dict[str, Evaluation] = field(default_factory=dict)
     notes: Dict[str, object] = field(default_factory=dict)
+    quantized_models: Dict[str, object] = field(default_factory=dict)  # the calibrated sims' models, by key

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +24,14 @@ class Engine(abc.ABC):
         options: RunOptions, timer: StageTimer,
     ) -> Evaluation:
         """Flip-test inference on every instance, ``keypoints_<name>_results.json`` and the ten COCO stats."""
+
+    def evaluate_many(
+        self, models: Sequence[Tuple[str, nn.Module]], evalset: EvalSet, device: torch.device, run_dir: str,
+        options: RunOptions, timer: StageTimer,
+    ) -> Dict[str, Evaluation]:
+        """Several models on one evaluation set, each as ``evaluate`` would; an engine that can share one pass
+        over the data between them overrides this."""
+        return {name: self.evaluate(name, model, evalset, device, run_dir, options, timer) for name, model in models}
 
     @abc.abstractmethod
     def calibration(

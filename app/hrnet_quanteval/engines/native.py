@@ -5,16 +5,18 @@ normalisation, flip test and heatmap decoding run on the model's device, one tra
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from .. import evaluation
 from ..data import CropCache, crop_loader
-from ..inference import Normalizer, predict
+from ..inference import Normalizer, predict_many
 from ..progress import Progress, StageTimer
 from ..runs import write_atomic
 from ..runtypes import EvalSet, Evaluation, RunOptions
@@ -33,18 +35,24 @@ class NativeEngine(Engine):
         self._caches: Dict[str, CropCache] = {}
 
     def _crops(self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device):
-        """(uint8 crops, indices) for the first ``count`` instances: from memory when cached, else decoded and cached."""
+        """(uint8 crops, indices) for the first ``count`` instances in batches of ``--batch-size`` from sample 0:
+        the whole batches already in memory (calibration's crops, an earlier pass) from there, the rest decoded
+        by the loader and kept. The batches are the same either way, so no number depends on what was cached."""
         key = evalset.annotation_file
         if key not in self._caches:
             self._caches[key] = CropCache(
                 len(evalset.instances), self.crop_cache_mb * 2**20, pin_memory=device.type == "cuda"
             )
         cache = self._caches[key]
-        if cache.holds(count):
-            yield from cache.batches(count, options.batch_size)
+        size = options.batch_size
+        cached = cache.prefix(count)
+        start = count if cached == count else cached // size * size
+        yield from cache.batches(start, size)
+        if start == count:
             return
-        instances = evalset.instances if count == len(evalset.instances) else evalset.instances.head(count)
-        for crops, index in crop_loader(instances, options.batch_size, options.workers, device.type == "cuda"):
+        instances = evalset.instances.rows(start, count)
+        for crops, index in crop_loader(instances, size, options.workers, device.type == "cuda"):
+            index = index + start
             cache.put(crops, index)
             yield crops, index
 
@@ -53,21 +61,77 @@ class NativeEngine(Engine):
         options: RunOptions, timer: StageTimer,
     ) -> Evaluation:
         """Flip-test inference on every instance, results file, COCOeval."""
+        return self.evaluate_many([(name, model)], evalset, device, run_dir, options, timer)[name]
+
+    def evaluate_many(
+        self, models: Sequence[Tuple[str, nn.Module]], evalset: EvalSet, device: torch.device, run_dir: str,
+        options: RunOptions, timer: StageTimer,
+    ) -> Dict[str, Evaluation]:
+        """Every model on each batch as it arrives: one pass over the data for all of them, so the models' work
+        overlaps the decoding of the next batches; then each model's results file and COCOeval."""
         instances = evalset.instances
-        progress = Progress(len(instances), f"{name} evaluation", quiet=options.quiet)
-        preds = predict(
-            model.to(device), self._crops(evalset, len(instances), options, device), len(instances),
-            instances.heatmap_to_image(), device, on_batch=progress.update, timer=timer,
+        names = [name for name, _ in models]
+        progress = Progress(len(instances), f"{' + '.join(names)} evaluation", quiet=options.quiet)
+        preds = predict_many(
+            [model.to(device) for _, model in models], self._crops(evalset, len(instances), options, device),
+            len(instances), instances.heatmap_to_image(), device, on_batch=progress.update, timer=timer,
         )
         progress.close()
+        return self._score_all(list(zip(names, preds)), evalset, run_dir, timer)
+
+    def _score_all(self, named: List[Tuple[str, np.ndarray]], evalset: EvalSet, run_dir: str,
+                   timer: StageTimer) -> Dict[str, Evaluation]:
+        """Each model's scoring; with several models, all but the last in forked processes at the same time
+        (rescoring, NMS and COCOeval are single-threaded Python). A child that fails leaves its model to be
+        scored here, so a problem there costs time, never a result."""
         start = time.perf_counter()
+        children = []
+        if len(named) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            context = multiprocessing.get_context("fork")
+            for name, preds in named[:-1]:
+                reader, writer = context.Pipe(duplex=False)
+                child = context.Process(target=self._score_in_child, args=(writer, name, preds, evalset, run_dir),
+                                        daemon=True)
+                child.start()
+                writer.close()
+                children.append((name, preds, child, reader))
+        done = {}
+        for name, preds in named[len(children):]:
+            done[name] = self._score(name, preds, evalset, run_dir)
+        for name, preds, child, reader in children:
+            try:
+                answer = reader.recv()
+            except EOFError:
+                answer = None
+            child.join()
+            if isinstance(answer, dict):
+                done[name] = Evaluation(answer["stats"], preds, answer["results_file"])
+            else:
+                done[name] = self._score(name, preds, evalset, run_dir)
+        timer.add("evaluation", start)
+        return {name: done[name] for name, _ in named}
+
+    def _score_in_child(self, writer, name: str, preds: np.ndarray, evalset: EvalSet, run_dir: str) -> None:
+        """Runs in a forked process: score one model, send back its stats, and leave without any cleanup of
+        the parent's (temporary folders, loaders) running here."""
+        try:
+            result = self._score(name, preds, evalset, run_dir)
+            writer.send({"stats": result.stats, "results_file": result.results_file})
+        except BaseException:  # noqa: BLE001 - the parent scores this model itself
+            pass
+        finally:
+            writer.close()
+            os._exit(0)
+
+    def _score(self, name: str, preds: np.ndarray, evalset: EvalSet, run_dir: str) -> Evaluation:
+        """Rescoring, OKS-NMS, the results file and COCOeval of one model's joints."""
+        instances = evalset.instances
         results = evaluation.coco_results(instances.image_ids, preds, instances.centers, instances.scales, instances.areas)
         results_file = os.path.join(run_dir, f"keypoints_{name}_results.json")
         evaluation.write_results(results_file, results)
         image_ids = instances.evaluated_image_ids if evalset.max_images is not None else None
         stats, log = evaluation.coco_stats(evalset.coco, results_file, image_ids)
         write_atomic(os.path.join(run_dir, f"cocoeval_{name}.txt"), log)
-        timer.add("evaluation", start)
         return Evaluation(stats, preds, results_file)
 
     def calibration(

@@ -155,6 +155,41 @@ class Adapter(AdapterBase):
                 out[key] = legacy_entries(quantizer)
         return out
 
+    # -- diagnose (see AdapterBase): quantizer slots hold a quantizer or None; None turns a slot off ---------
+
+    def match_sim_layout(self, model: nn.Module) -> None:
+        """Every call site of a shared ReLU gets its own module, as ``create_sim`` does before building the sim."""
+        split_relu_sites(model)
+
+    def _quantizer_slots(self, sim) -> Dict[str, Dict[Tuple[str, object], object]]:
+        out: Dict[str, Dict[Tuple[str, object], object]] = {}
+        for name, module in sim.model.named_modules():
+            if not (hasattr(module, "param_quantizers") and hasattr(module, "output_quantizers")):
+                continue
+            slots: Dict[Tuple[str, object], object] = {}
+            slots.update({("input", i): q for i, q in enumerate(module.input_quantizers)})
+            slots.update({(param, param): q for param, q in module.param_quantizers.items()})
+            slots.update({("output", i): q for i, q in enumerate(module.output_quantizers)})
+            out[name] = slots
+        return out
+
+    def _set_slot(self, sim, module: str, role: str, slot, state, on: bool) -> None:
+        target = sim.model.get_submodule(module)
+        value = state if on else None
+        if role == "input":
+            target.input_quantizers[slot] = value
+        elif role == "output":
+            target.output_quantizers[slot] = value  # a shared ReLU's sites get the same object back: still tied
+        else:
+            target.param_quantizers[slot] = value
+
+    def _slot_enabled(self, state) -> bool:
+        return state is not None
+
+    def _layer_of(self, sim) -> Dict[str, str]:
+        """Each call site of a shared ReLU belongs to the layer named after the original module."""
+        return {site: sites[0] for sites in self._groups.get(id(sim), {}).values() for site in sites}
+
 
 def tie_output_quantizers(model: nn.Module, groups: Dict[str, List[str]]) -> None:
     """Make every call site of a group use the first site's output quantizer (or none, if it has none)."""

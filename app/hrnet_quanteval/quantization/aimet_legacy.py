@@ -125,3 +125,28 @@ class Adapter(AdapterBase):
                 for e in encodings
             ]
         return out
+
+    # -- diagnose (see AdapterBase): 1.22's quantizers carry an ``enabled`` flag; the slot state is that flag ---
+
+    def _quantizer_slots(self, sim) -> Dict[str, Dict[Tuple[str, object], object]]:
+        out: Dict[str, Dict[Tuple[str, object], object]] = {}
+        for name, wrapper in self._wrappers(sim):
+            slots: Dict[Tuple[str, object], object] = {}
+            slots.update({("input", i): bool(q.enabled) for i, q in enumerate(wrapper.input_quantizers)})
+            slots.update({(param, param): bool(q.enabled) for param, q in wrapper.param_quantizers.items()})
+            slots.update({("output", i): bool(q.enabled) for i, q in enumerate(wrapper.output_quantizers)})
+            out[name] = slots
+        return out
+
+    def _set_slot(self, sim, module: str, role: str, slot, state, on: bool) -> None:
+        wrapper = sim.model.get_submodule(module)
+        if role == "input":
+            quantizer = wrapper.input_quantizers[slot]
+        elif role == "output":
+            quantizer = wrapper.output_quantizers[slot]
+        else:
+            quantizer = wrapper.param_quantizers[slot]
+        quantizer.enabled = bool(state) and on  # the encoding (frozen or calibrated) stays where it is
+
+    def _slot_enabled(self, state) -> bool:
+        return bool(state)
