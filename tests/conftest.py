@@ -62,6 +62,17 @@ def synth_root(tmp_path_factory) -> str:
     return root
 
 
+def tiny_hrnet(seed: int = 0) -> torch.nn.Module:
+    """A random narrow HRNet with W32's topology and BatchNorm statistics far from (0, 1), so folding matters."""
+    torch.manual_seed(seed)
+    model = build_hrnet(tiny_spec())
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     torch.manual_seed(1)

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, tiny_hrnet
 
 from hrnet_quanteval import diagnose as dg
 from hrnet_quanteval.model import build_hrnet, tiny_spec
@@ -31,14 +31,6 @@ def adapter():
     return load_adapter()
 
 
-def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = build_hrnet(tiny_spec())
-    for m in model.modules():  # non-trivial BN statistics, so folding changes the weights
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def _encodings_from_weights(model, bitwidth=8):
@@ -77,7 +69,7 @@ def _diagnose_cli(tmp_path, name, synth_root, fp32, folded, encodings, *extra):
 def checkpoints(adapter, tmp_path_factory):
     """The tiny model's FP32 checkpoint, its BN-folded checkpoint (path a), and encodings from the folded weights."""
     folder = tmp_path_factory.mktemp("diagnose")
-    model = _tiny()
+    model = tiny_hrnet()
     fp32 = str(folder / "fp32.pth")
     torch.save(model.state_dict(), fp32)
     folded = copy.deepcopy(model)
@@ -157,7 +149,7 @@ def test_two_runs_on_the_self_tests_model_give_identical_json(adapter, synth_roo
 def test_only_the_chosen_layers_quantize_and_the_rest_is_the_folded_fp32_model(adapter):
     """The adapter's switch: no layer on gives the FP32 model folded by the same AIMET (layers match by name
     across the fold); one layer on changes the output; restoring gives the calibrated sim back exactly."""
-    model = _tiny()
+    model = tiny_hrnet()
     reference = copy.deepcopy(model)
     adapter.fold(reference, INPUT_SHAPE)
     adapter.match_sim_layout(reference)

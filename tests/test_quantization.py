@@ -11,13 +11,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import AIMET_GENERATION, AIMET_LABEL, run_cli
+from conftest import AIMET_GENERATION, AIMET_LABEL, run_cli, tiny_hrnet
 
 from hrnet_quanteval import data
 from hrnet_quanteval.engines.native import NativeEngine
 from hrnet_quanteval.errors import InputError
 from hrnet_quanteval.inference import Normalizer
-from hrnet_quanteval.model import build_hrnet, pose_hrnet_w32, split_relu_sites, tiny_spec
+from hrnet_quanteval.model import pose_hrnet_w32, split_relu_sites
 from hrnet_quanteval.quantization.base import INPUT_SHAPE
 from hrnet_quanteval.quantization.encodings import match_encodings, model_param_channels, read_encodings
 from hrnet_quanteval.quantization.simulate import QuantPlan, load_adapter, quantize
@@ -30,14 +30,6 @@ def adapter():
     return load_adapter()
 
 
-def _tiny(seed=0):
-    torch.manual_seed(seed)
-    model = build_hrnet(tiny_spec())
-    for m in model.modules():  # non-trivial BN statistics, so folding changes the weights
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 def _sim(adapter, model, param_bw=8, fold=True):
@@ -93,7 +85,7 @@ def test_aimet2_ties_the_reused_relu_sites_of_w32(adapter):
 
 @pytest.mark.aimet
 def test_weights_per_channel_symmetric_bias_unquantized_input_quantized(adapter):
-    model = _tiny()
+    model = tiny_hrnet()
     sim = _sim(adapter, model)
     settings = adapter.param_settings(sim)
     convs = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
@@ -112,7 +104,7 @@ def test_weights_per_channel_symmetric_bias_unquantized_input_quantized(adapter)
 @pytest.mark.aimet
 def test_reused_relus_share_one_encoding_pooled_over_all_sites(adapter):
     """A module called at two sites has one output encoding whose range covers both sites' outputs."""
-    model = _tiny()
+    model = tiny_hrnet()
     sim = _sim(adapter, model)
     site_max = []
 
@@ -138,7 +130,7 @@ def test_reused_relus_share_one_encoding_pooled_over_all_sites(adapter):
 
 
 def test_split_relu_sites_keeps_outputs_and_state_dict():
-    model = _tiny()
+    model = tiny_hrnet()
     x = torch.randn(1, 3, 256, 192)
     with torch.no_grad():
         before = model(x)
@@ -153,7 +145,7 @@ def test_split_relu_sites_keeps_outputs_and_state_dict():
 
 @pytest.mark.aimet
 def test_encodings_round_trip_into_a_fresh_sim(adapter, tmp_path):
-    model = _tiny()
+    model = tiny_hrnet()
     batches = _random_batches()
     x = torch.randn(1, 3, 256, 192)
     source = _sim(adapter, model, param_bw=4)
@@ -191,7 +183,7 @@ def _legacy_content(channels, bits_by_key, seed=0):
 
 @pytest.mark.aimet
 def test_a_122_file_sets_its_scales_offsets_and_mixed_bitwidths(adapter, tmp_path):
-    model = _tiny()
+    model = tiny_hrnet()
     sim = _sim(adapter, model)
     content = _legacy_content(model_param_channels(model), lambda key: 4 if key.startswith("stage") else 8)
     encodings = read_encodings(_write(tmp_path / "zoo.encodings", content))
@@ -209,7 +201,7 @@ def test_a_122_file_sets_its_scales_offsets_and_mixed_bitwidths(adapter, tmp_pat
 @pytest.mark.parametrize("layout", ["flat", "nested"])
 def test_both_layouts_freeze_and_the_report_counts_what_the_sim_froze(adapter, tmp_path, layout):
     """The frozen count is read from the sim's quantizers; a nested file (what sim.export writes) freezes too."""
-    model = _tiny()
+    model = tiny_hrnet()
     content = _legacy_content(model_param_channels(model), lambda key: 4)
     if layout == "nested":
         content = {"activation_encodings": {}, "param_encodings": content}
@@ -224,15 +216,15 @@ def test_both_layouts_freeze_and_the_report_counts_what_the_sim_froze(adapter, t
 
 @pytest.mark.aimet
 def test_without_a_file_nothing_is_reported_frozen(adapter):
-    quantized = quantize(_tiny(), QuantPlan(calibration_images=1), _calibrate_with(_random_batches(1, 1)),
+    quantized = quantize(tiny_hrnet(), QuantPlan(calibration_images=1), _calibrate_with(_random_batches(1, 1)),
                          torch.device("cpu"), adapter)
     assert quantized.info["frozen_param_encodings"] == 0
-    assert quantized.info["quantizers"]["param"] == len(model_param_channels(_tiny())) // 2
+    assert quantized.info["quantizers"]["param"] == len(model_param_channels(tiny_hrnet())) // 2
 
 
 @pytest.mark.aimet
 def test_bias_keys_are_set_like_aimet_122_sets_them_and_quantize_nothing(adapter, tmp_path, capsys):
-    model = _tiny()
+    model = tiny_hrnet()
     channels = model_param_channels(model)
     content = _legacy_content(channels, lambda key: 8)
     calibrate = _calibrate_with(_random_batches(1, 1))
@@ -254,7 +246,7 @@ def test_unsigned_channels_keep_the_122_grid(adapter):
     """A 1.22 'unsigned symmetric' channel (offset 0) quantizes as 1.22's formula says (aimet-torch 2.x mechanism)."""
     from hrnet_quanteval.quantization.aimet_current import legacy_entries, set_legacy_grid
 
-    sim = _sim(adapter, _tiny())
+    sim = _sim(adapter, tiny_hrnet())
     conv = sim.model.final_layer
     q = conv.param_quantizers["weight"]
     channels = conv.out_channels
@@ -274,7 +266,7 @@ def test_unsigned_channels_keep_the_122_grid(adapter):
 
 @pytest.mark.aimet
 def test_an_encodings_key_the_model_lacks_is_named(adapter, tmp_path):
-    model = _tiny()
+    model = tiny_hrnet()
     sim = _sim(adapter, model)
     content = _legacy_content(model_param_channels(model), lambda key: 8)
     content["stage9.0.conv.weight"] = content["conv1.weight"]
@@ -334,7 +326,7 @@ def test_an_entry_without_a_field_aimet_reads_is_named(tmp_path):
 @pytest.mark.aimet
 def test_calibration_uses_the_first_n_crops_whatever_the_batch_size(adapter, synth_root):
     evalset = open_dataset(synth_root)
-    model = _tiny()
+    model = tiny_hrnet()
     count = 7
     first = next(iter(data.crop_loader(evalset.instances.head(count), count, 0)))[0]
     expected = Normalizer(torch.device("cpu"))(first)
@@ -378,7 +370,7 @@ def test_eval_w8a8_and_w4a8_end_to_end(synth_root, tiny_checkpoint, tmp_path):
 def test_zoo_path_export_then_encodings_gives_identical_outputs(adapter, synth_root, tmp_path):
     """Path (a): a BN-folded quantized checkpoint wrapped as it is, its weight encodings frozen from a file;
     ``--export`` writes AIMET's own files, and its encodings, fed back with ``--encodings``, reproduce the run."""
-    model = _tiny()
+    model = tiny_hrnet()
     folded = copy.deepcopy(model)
     adapter.fold(folded, INPUT_SHAPE)
     ckpt = str(tmp_path / "folded.pth")

@@ -9,12 +9,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny_hrnet
 
 from hrnet_quanteval import data, inference, run
 from hrnet_quanteval.engines import native
 from hrnet_quanteval.engines.native import NativeEngine
-from hrnet_quanteval.model import build_hrnet, tiny_spec
 from hrnet_quanteval.progress import StageTimer
 from hrnet_quanteval.runtypes import RunOptions
 from hrnet_quanteval.transforms import crop_image
@@ -23,14 +22,6 @@ from hrnet_quanteval.validation import open_dataset
 CPU = torch.device("cpu")
 
 
-def _tiny(seed):
-    torch.manual_seed(seed)
-    model = build_hrnet(tiny_spec())
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 def _files(folder):
@@ -41,7 +32,7 @@ def _files(folder):
 def test_one_pass_for_two_models_gives_each_the_files_of_its_own_pass(synth_root, tmp_path):
     evalset = open_dataset(synth_root)
     options = RunOptions(5, 0, True)
-    models = [("fp32", _tiny(1)), ("other", _tiny(2))]
+    models = [("fp32", tiny_hrnet(1)), ("other", tiny_hrnet(2))]
     (tmp_path / "together").mkdir()
     (tmp_path / "apart").mkdir()
     together = NativeEngine().evaluate_many(models, evalset, CPU, str(tmp_path / "together"), options, StageTimer(CPU))
@@ -59,7 +50,7 @@ def test_the_run_with_calibration_first_and_one_pass_equals_the_zoos_order(synth
 
     evalset = open_dataset(synth_root)
     options = RunOptions(4, 0, True)
-    model = _tiny(3)
+    model = tiny_hrnet(3)
     adapter = load_adapter()
     plan = QuantPlan(calibration_images=6)
     for folder in ("fast", "zoo"):

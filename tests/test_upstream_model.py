@@ -70,3 +70,30 @@ def test_w32_outputs_equal_upstreams_pose_hrnet_on_cpu(upstream_w32):
     assert got.shape == want.shape == (2, 17, 64, 48)
     assert 1e-2 < float(want.std()) < 1e3  # a live network: neither dead nor blown up
     assert torch.equal(got, want), f"max |diff| {float((got - want).abs().max()):.3g}"
+
+
+@pytest.mark.aimet1
+def test_upstreams_own_model_is_wrapped_like_ours_under_aimet_122(upstream_w32):
+    """AIMET 1.22.2's QuantizationSimModel (its Python, stand-in numeric core) on upstream's PoseHighResolutionNet
+    and on this package's model, the same weights, BNs folded by 1.22.2's own fold: the same 618 quantizers
+    on the same modules with the same settings (1.22 shares a reused module's quantizer on its own)."""
+    import copy
+
+    from hrnet_quanteval.quantization.base import INPUT_SHAPE
+    from hrnet_quanteval.quantization.simulate import load_adapter
+
+    adapter = load_adapter()
+    ours = pose_hrnet_w32()
+    state = _random_state(ours, seed=7)
+    ours.load_state_dict(state)
+    theirs = copy.deepcopy(upstream_w32)
+    theirs.load_state_dict(state)
+    sims = []
+    for model in (ours, theirs):
+        model = copy.deepcopy(model).eval()
+        assert adapter.fold(model, INPUT_SHAPE) == 292
+        sims.append(adapter.create_sim(model, torch.randn(INPUT_SHAPE), 4, 8))
+    mine, upstream = sims
+    assert adapter.summary(mine) == adapter.summary(upstream) == {"activation": 325, "param": 293, "enabled": 618}
+    assert adapter.param_settings(mine) == adapter.param_settings(upstream)
+    assert adapter.quantized_layers(mine) == adapter.quantized_layers(upstream)
