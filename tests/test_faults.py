@@ -300,3 +300,22 @@ def test_two_runs_at_once_never_share_a_folder(synth_root, tiny_checkpoint, tmp_
     codes = sorted([third.wait(300), fourth.wait(300)])
     assert codes == [0, 2]
     assert (results / "same" / "report.json").exists()
+
+
+def test_a_plain_unzip_of_coco_evaluates(coco, tiny_checkpoint, tmp_path):
+    """Unzipping val2017.zip into the root gives <root>/val2017/ beside <root>/annotations/: that is accepted."""
+    os.rename(coco / "images" / "val2017", coco / "val2017")
+    os.rmdir(coco / "images")
+    out = _eval(root=coco, ckpt=tiny_checkpoint, results=tmp_path / "r")
+    assert out.returncode == 0, out.stderr
+    (run,) = os.listdir(tmp_path / "r")
+    report = json.loads((tmp_path / "r" / run / "report.json").read_text())
+    assert report["dataset"]["image_dir"] == str(coco / "val2017") and report["models"]["fp32"]["AP"] >= 0
+
+
+def test_neither_image_folder_names_both(coco, tiny_checkpoint):
+    import shutil
+
+    shutil.rmtree(coco / "images")
+    out = _eval(root=coco, ckpt=tiny_checkpoint)
+    assert out.returncode == 2 and "images/val2017" in out.stderr and "val2017" in out.stderr and "Traceback" not in out.stderr

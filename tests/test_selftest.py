@@ -88,3 +88,31 @@ def test_selftest_command_passes_with_quantized_rows_where_aimet_is(tmp_path):
     assert set(models) == {"fp32", "w8a8", "w4a8"}
     assert abs(models["w8a8"]["AP"] - models["fp32"]["AP"]) <= 0.02
     assert report["quantization"]["w8a8"]["folded_batch_norms"] == 4
+    assert abs(models["w4a8"]["AP"] - models["fp32"]["AP"]) <= 0.02
+    assert report["quantization"]["w4a8"]["aimet"]["generation"] in (1, 2)
+
+
+def test_inside_an_image_a_broken_aimet_fails_the_selftest(tmp_path):
+    """The images set HRNET_QUANTEVAL_STACK: there AIMET is part of what the self-test checks."""
+    broken = tmp_path / "broken"
+    (broken / "aimet_torch").mkdir(parents=True)
+    (broken / "aimet_torch" / "__init__.py").write_text("raise ImportError('libpymo.so: cannot open shared object file')\n")
+    path = os.pathsep.join([str(broken)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    for stack in ("legacy", "current"):
+        out = run_cli("selftest", "--use-cuda", "false", "--images", "4", "--workers", "0",
+                      "--results-dir", str(tmp_path / stack), env={"PYTHONPATH": path, "HRNET_QUANTEVAL_STACK": stack})
+        assert out.returncode == 3, out.stdout + out.stderr
+        assert "AIMET" in out.stderr and stack in out.stderr and "libpymo" in out.stderr and "Traceback" not in out.stderr
+    out = run_cli("selftest", "--use-cuda", "false", "--images", "4", "--workers", "0", "--results-dir", str(tmp_path / "here"),
+                  env={"PYTHONPATH": path, "HRNET_QUANTEVAL_STACK": ""})
+    assert out.returncode == 0 and "quantized self-test rows skipped" in out.stdout  # outside the images: optional
+
+
+def test_a_quantized_row_that_drops_too_far_fails_the_selftest():
+    from hrnet_quanteval.selftest import selftest_verdict
+
+    fine = selftest_verdict({"fp32": {"AP": 1.0}, "w8a8": {"AP": 0.985}, "w4a8": {"AP": 0.98}})
+    assert fine["status"] == "selftest_passed"  # 0.02 below FP32 is still within
+    bad = selftest_verdict({"fp32": {"AP": 1.0}, "w8a8": {"AP": 0.99}, "w4a8": {"AP": 0.97}})
+    assert bad["status"] == "selftest_failed" and "W4A8 AP 0.9700" in bad["text"] and "more than the 0.02" in bad["text"]
+    assert selftest_verdict({"fp32": {"AP": 0.85}})["status"] == "selftest_failed"

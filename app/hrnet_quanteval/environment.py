@@ -59,7 +59,7 @@ def hrnet_lib_facts() -> Dict[str, object]:
 
 def stack() -> str:
     """``legacy`` or ``current`` inside the images, ``local`` elsewhere."""
-    return os.environ.get(STACK_ENV, "local")
+    return os.environ.get(STACK_ENV) or "local"
 
 
 def device_info(device: torch.device) -> Dict[str, object]:
