@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Container entry point.
 #   entrypoint.sh [SUBCOMMAND] [ARGS...]
-# A first word that is a subcommand (eval, selftest, parity, bench, synth, compare) runs it; anything else, bare flags included,
+# A first word that is a subcommand (eval, selftest, parity, bench, diagnose, synth, compare) runs it; anything else, bare flags included,
 # goes to `eval`, so `docker compose run eval --default-param-bw 4` evaluates FP32 and W4A8.
 # `shell` opens bash. --help, -h or --version anywhere print and exit, with no GPU or dataset check.
 # Before eval, selftest, parity and bench a GPU preflight explains a missing GPU or one this image's torch
@@ -26,7 +26,7 @@ if [ ! -w "${HOME:-/}" ]; then
     export HOME=/tmp
 fi
 
-subcommands=" eval selftest parity bench synth compare "
+subcommands=" eval selftest parity bench diagnose synth compare "
 
 if [ $# -eq 0 ]; then
     set -- eval
@@ -73,14 +73,14 @@ case "$subcommand" in
             python -m hrnet_quanteval.preflight --use-cuda "$use_cuda"
         fi
         ;;
-    selftest | parity | bench)
+    selftest | parity | bench | diagnose)
         python -m hrnet_quanteval.preflight --use-cuda "${use_cuda:-auto}"
         ;;
 esac
 
 # In the image the dataset is a mount; without one /data/coco is an empty folder.
 case "$subcommand" in
-    eval | parity)
+    eval | parity | diagnose)
         if [ -n "$dataset" ]; then
             how="Set COCO_DIR to the host folder that holds annotations/person_keypoints_val2017.json and images/val2017/ (or val2017/): compose mounts it read-only at /data/coco (COCO_DIR=/path/to/coco docker compose run --rm eval); with docker run pass -v /path/to/coco:/data/coco:ro; or pass --evaluation-dataset DIR."
             if [ ! -d "$dataset" ]; then

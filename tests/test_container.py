@@ -264,6 +264,7 @@ def test_entrypoint_help_and_version_anywhere_skip_the_gpu_and_dataset_checks(tm
     (("eval", "--use-cuda", "auto"), "python -m hrnet_quanteval.preflight --use-cuda auto"),
     (("selftest",), "python -m hrnet_quanteval.preflight --use-cuda auto"),
     (("parity", "--use-cuda", "no"), "python -m hrnet_quanteval.preflight --use-cuda no"),
+    (("diagnose", "--images", "8"), "python -m hrnet_quanteval.preflight --use-cuda auto"),
 ], ids=lambda v: " ".join(v) or "no-arguments" if isinstance(v, tuple) else None)
 def test_entrypoint_tells_the_preflight_what_was_given(tmp_path, args, preflight):
     """Without --use-cuda, eval's preflight gets `auto --require-gpu`, never a `true` nobody gave."""
