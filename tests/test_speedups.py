@@ -4,12 +4,15 @@ One pass over the data for FP32 and the quantized model (against one pass each),
 the evaluation, the normalisation looked up (against computed), the crop warped in BGR (against the reference's
 RGB conversion of the whole image first), and the models scored in forked processes (against one after another).
 """
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, tiny_hrnet
+from conftest import ROOT, run_cli, tiny_hrnet
 
 from hrnet_quanteval import data, inference, run
 from hrnet_quanteval.engines import native
@@ -132,3 +135,90 @@ def test_a_failing_forked_scorer_leaves_its_model_to_the_parent(synth_root, tmp_
     done = NativeEngine()._score_all([("a", preds), ("b", preds.copy())], evalset, str(tmp_path / "r"), StageTimer(CPU))
     assert done["a"].stats == done["b"].stats and set(_files(tmp_path / "r")) == {"keypoints_a_results.json",
                                                                                  "keypoints_b_results.json"}
+
+
+def test_first_maximum_from_torch_max_equals_numpys_argmax_on_tie_heavy_heatmaps():
+    """``max_preds`` takes the index from ``torch.max`` (faster than ``torch.argmax`` on the CPU): on maps with
+    few levels, as a quantized model gives, the first maximum in row-major order is numpy's (the reference's)."""
+    generator = torch.Generator().manual_seed(0)
+    heatmaps = torch.randint(-1, 3, (6, 17, 16, 12), generator=generator).to(torch.float32) * 0.25
+    heatmaps[0, 0] = 0.5  # a whole map tied
+    heatmaps[0, 1] = -0.25  # a whole map tied below zero
+    coords, maxvals = inference.max_preds(heatmaps)
+    flat = heatmaps.reshape(6, 17, -1).numpy()
+    first = flat.argmax(axis=2)
+    expected = np.stack([first % 12, first // 12], axis=2).astype(np.float32) * (flat.max(axis=2) > 0)[..., None]
+    assert np.array_equal(coords.numpy(), expected)
+    assert np.array_equal(maxvals.numpy()[..., 0], flat.max(axis=2))
+    assert torch.equal(torch.max(heatmaps.reshape(6, 17, -1), dim=2).indices,
+                       torch.argmax(heatmaps.reshape(6, 17, -1), dim=2))  # the former way
+
+
+@pytest.mark.parametrize("width", [1, 2, 48])
+def test_flip_average_read_through_a_view_equals_averaging_the_shifted_copy(width):
+    generator = torch.Generator().manual_seed(width)
+    output = torch.randn(3, 17, 5, width, generator=generator)
+    back = torch.randn(3, 17, 5, width, generator=generator)
+    expected = inference.shift_right(back.clone()).add_(output).mul_(0.5)  # the former way
+    assert torch.equal(inference.average_flipped(output, back.clone()), expected)
+    assert torch.equal(inference.average_flipped(output, back.clone(), shift=False), (back + output) * 0.5)
+
+
+def test_the_evaluation_pass_keeps_no_crops_of_its_own_and_changes_no_number(synth_root, tmp_path):
+    """Calibration's crops are kept for the pass that follows; that pass reads them and stores nothing more."""
+    evalset = open_dataset(synth_root)
+    options = RunOptions(4, 0, True)
+    engine = NativeEngine()
+    engine.calibration(evalset, 6, options, CPU)(torch.nn.Identity())
+    kept = engine._caches[evalset.annotation_file].filled
+    assert kept.sum() == 6 and kept[:6].all()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "none").mkdir()
+    model = tiny_hrnet(4)
+    with_cache = engine.evaluate("fp32", model, evalset, CPU, str(tmp_path / "kept"), options, StageTimer(CPU))
+    assert kept.sum() == 6  # nothing of the evaluation pass was stored
+    without = NativeEngine(crop_cache_mb=0).evaluate("fp32", model, evalset, CPU, str(tmp_path / "none"), options,
+                                                     StageTimer(CPU))
+    assert with_cache.stats == without.stats and _files(tmp_path / "kept") == _files(tmp_path / "none")
+
+
+def test_the_cli_limits_openmp_spinning_before_torch_loads_and_a_users_setting_wins():
+    from hrnet_quanteval import cli
+
+    environ = {}
+    assert cli.limit_idle_spinning(environ, modules={}) and environ == {"GOMP_SPINCOUNT": "20000"}
+    for users in ({"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "ACTIVE"}):
+        environ = dict(users)
+        assert not cli.limit_idle_spinning(environ, modules={}) and environ == users
+    environ = {}
+    assert not cli.limit_idle_spinning(environ, modules={"torch": None}) and environ == {}  # too late to matter
+    # the command line sets it before anything imports torch: what torch's OpenMP runtime reads when it loads
+    probe = ("import builtins, os, sys\n"
+             "seen = []\n"
+             "real = builtins.__import__\n"
+             "def spy(name, *a, **k):\n"
+             "    if name == 'torch' and 'torch' not in sys.modules:\n"
+             "        seen.append(os.environ.get('GOMP_SPINCOUNT'))\n"
+             "    return real(name, *a, **k)\n"
+             "builtins.__import__ = spy\n"
+             "from hrnet_quanteval import cli\n"
+             "code = cli.main(['eval', '--evaluation-dataset', os.path.join(os.sep, 'no', 'such', 'coco'),\n"
+             "                 '--fp32-only', '--use-cuda', 'false'])\n"
+             "print(seen[:1], code)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split("\n")[-2] == "['20000'] 2", out.stdout + out.stderr
+
+
+def test_openmp_spin_counts_give_byte_identical_results(synth_root, tiny_checkpoint, tmp_path):
+    """Ours (20,000) and libgomp's default (300,000): how long an idle thread spins decides no number."""
+    files = {}
+    for spin in ("20000", "300000"):
+        out = run_cli("eval", "--evaluation-dataset", synth_root, "--fp32-checkpoint", tiny_checkpoint, "--fp32-only",
+                      "--use-cuda", "false", "--workers", "2", "--batch-size", "8", "--results-dir", str(tmp_path),
+                      "--run-id", spin, "--no-cache", env={"GOMP_SPINCOUNT": spin})
+        assert out.returncode == 0, out.stderr
+        with open(tmp_path / spin / "report.json") as f:
+            assert json.load(f)["environment"]["gomp_spincount"] == spin
+        files[spin] = _files(tmp_path / spin)
+    assert len(files["20000"]) == 1 and files["20000"] == files["300000"]

@@ -139,7 +139,8 @@ def fp32_cache_material(
         "dataset": {k: v for k, v in evalset.describe().items() if k not in ("root", "annotation_file", "image_dir")},
         "code": {k: env.get(k) for k in ("app_version", "app_git_commit", "torch", "numpy", "opencv", "pycocotools")},
         "source_sha256": source_fingerprint(),
-        "device": {k: env.get(k) for k in ("device", "gpu_name", "cuda", "cudnn")},
+        # on the CPU the thread count may decide how a convolution's sums are split
+        "device": {k: env.get(k) for k in ("device", "gpu_name", "cuda", "cudnn", "torch_threads")},
         "batch_size": options.batch_size,
         "engine": engine,
     }

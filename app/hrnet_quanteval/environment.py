@@ -87,6 +87,8 @@ def describe(device: torch.device) -> Dict[str, object]:
         "opencv": package_version("opencv-python-headless") or package_version("opencv-python"),
         "pycocotools": package_version("pycocotools"),
         "aimet": package_version("aimet-torch") or package_version("AimetTorch"),
+        "torch_threads": torch.get_num_threads(),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
         "stack": stack(),
         "app_version": __version__,
         "app_git_commit": git_commit(),

@@ -75,6 +75,18 @@ def shift_right(heatmaps: torch.Tensor) -> torch.Tensor:
     return torch.cat([heatmaps[..., :1], heatmaps[..., :-1]], dim=3)
 
 
+def average_flipped(output: torch.Tensor, back: torch.Tensor, shift: bool = True) -> torch.Tensor:
+    """The flip test's average ``(shift_right(back) + output) * 0.5`` (``back`` without the shift when ``shift`` is
+    false): each element the same two operations, with the shift read from a view of ``back`` instead of a
+    shifted copy. ``back`` may be overwritten."""
+    if not shift:
+        return back.add_(output).mul_(0.5)
+    averaged = torch.empty_like(output)
+    torch.add(back[..., :1], output[..., :1], out=averaged[..., :1])  # column 0 keeps its own value
+    torch.add(back[..., :-1], output[..., 1:], out=averaged[..., 1:])
+    return averaged.mul_(0.5)
+
+
 def _last(outputs) -> torch.Tensor:
     return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
 
@@ -102,10 +114,7 @@ def flip_test(model: nn.Module, inputs: torch.Tensor, flip: bool = True, shift: 
     start = clock.add("flip", start)
     flipped = _last(model(mirrored))
     start = clock.add("forward", start)
-    flipped = flip_back(flipped)
-    if shift:
-        flipped = shift_right(flipped)
-    averaged = flipped.add_(output).mul_(0.5)  # (output + flipped) * 0.5, in place: addition commutes exactly
+    averaged = average_flipped(output, flip_back(flipped), shift)  # addition commutes exactly: either order
     clock.add("flip", start)
     return averaged
 
@@ -114,7 +123,9 @@ def max_preds(heatmaps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per joint: (x, y) of the first maximum in row-major order, (0, 0) when the max is <= 0; and the max."""
     batch, joints, _, width = heatmaps.shape
     flat = heatmaps.reshape(batch, joints, -1)
-    index = torch.argmax(flat, dim=2)  # first maximal index, like numpy
+    # the first maximal index, like numpy's argmax (documented for torch.max too, and on the CPU about three
+    # times faster than torch.argmax here)
+    index = torch.max(flat, dim=2).indices
     maxvals = torch.amax(flat, dim=2, keepdim=True)
     x = torch.remainder(index, width).to(torch.float32)
     y = torch.div(index, width, rounding_mode="floor").to(torch.float32)

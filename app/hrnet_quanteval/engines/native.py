@@ -1,7 +1,8 @@
 """The native engine: this package's own pipeline, stage by stage the reference's arithmetic.
 
-uint8 crops are decoded once per run and kept for calibration and the quantized pass (``CropCache``);
-normalisation, flip test and heatmap decoding run on the model's device, one transfer per pass.
+Every image is decoded once per run: calibration's uint8 crops are kept (``CropCache``) and read again by the one
+evaluation pass, which takes every model of the run at once; normalisation, flip test and heatmap decoding run
+on the model's device, one transfer per pass.
 """
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import torch
 from torch import nn
 
 from .. import evaluation
-from ..data import CropCache, crop_loader
+from ..data import CROP_BYTES, CropCache, crop_loader
 from ..inference import Normalizer, predict_many
 from ..progress import Progress, StageTimer
 from ..runs import write_atomic
 from ..runtypes import EvalSet, Evaluation, RunOptions
 from .base import Calibrate, Engine
 
-DEFAULT_CROP_CACHE_MB = 2048  # COCO val2017's 6352 crops take 936 MB
+DEFAULT_CROP_CACHE_MB = 2048  # the zoo's 384 calibration crops take 57 MB; all of COCO val2017's 6352, 936 MB
 
 
 class NativeEngine(Engine):
@@ -34,16 +35,20 @@ class NativeEngine(Engine):
         self.crop_cache_mb = crop_cache_mb
         self._caches: Dict[str, CropCache] = {}
 
-    def _crops(self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device):
+    def _crops(self, evalset: EvalSet, count: int, options: RunOptions, device: torch.device, keep: bool = True):
         """(uint8 crops, indices) for the first ``count`` instances in batches of ``--batch-size`` from sample 0:
-        the whole batches already in memory (calibration's crops, an earlier pass) from there, the rest decoded
-        by the loader and kept. The batches are the same either way, so no number depends on what was cached."""
+        the whole batches already in memory (calibration's crops) from there, the rest decoded by the loader, and
+        kept when ``keep``. The batches are the same either way, so no number depends on what was cached.
+
+        Only calibration keeps its crops: the evaluation pass that follows reads them again. The evaluation
+        pass is the last to read its own (every model of the run goes through it at once), and keeping them
+        would cost a first write to every page of the store (COCO: 936 MB, about a second of CPU time taken from
+        the loaders) for nothing. The store is sized for what is kept (pinned memory on CUDA is taken whole)."""
         key = evalset.annotation_file
-        if key not in self._caches:
-            self._caches[key] = CropCache(
-                len(evalset.instances), self.crop_cache_mb * 2**20, pin_memory=device.type == "cuda"
-            )
-        cache = self._caches[key]
+        cache = self._caches.get(key)
+        wanted = min(count * CROP_BYTES, self.crop_cache_mb * 2**20) if keep else 0
+        if cache is None or (cache.capacity * CROP_BYTES < wanted and cache.prefix(count) == 0):
+            cache = self._caches[key] = CropCache(len(evalset.instances), wanted, pin_memory=device.type == "cuda")
         size = options.batch_size
         cached = cache.prefix(count)
         start = count if cached == count else cached // size * size
@@ -53,7 +58,8 @@ class NativeEngine(Engine):
         instances = evalset.instances.rows(start, count)
         for crops, index in crop_loader(instances, size, options.workers, device.type == "cuda"):
             index = index + start
-            cache.put(crops, index)
+            if keep:
+                cache.put(crops, index)
             yield crops, index
 
     def evaluate(
@@ -73,7 +79,7 @@ class NativeEngine(Engine):
         names = [name for name, _ in models]
         progress = Progress(len(instances), f"{' + '.join(names)} evaluation", quiet=options.quiet)
         preds = predict_many(
-            [model.to(device) for _, model in models], self._crops(evalset, len(instances), options, device),
+            [model.to(device) for _, model in models], self._crops(evalset, len(instances), options, device, keep=False),
             len(instances), instances.heatmap_to_image(), device, on_batch=progress.update, timer=timer,
         )
         progress.close()
