@@ -256,14 +256,20 @@ def slow_checkpoint(tmp_path):
     return path
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C's default disposition in the child, whatever launched the suite: a background job of a shell
+    without job control (``cmd &`` in a script) starts with SIGINT ignored, and its children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, code, workers", [(signal.SIGINT, 130, "2"), (signal.SIGTERM, 143, "0")])
 def test_signal_during_evaluation_marks_the_run_incomplete(synth_root, slow_checkpoint, tmp_path, sig, code, workers):
     results = tmp_path / "r"
     process = subprocess.Popen(
         [sys.executable, "-m", "hrnet_quanteval", "eval", "--evaluation-dataset", synth_root, "--fp32-checkpoint",
          slow_checkpoint, "--fp32-only", "--use-cuda", "false", "--workers", workers, "--batch-size", "4",
-         "--results-dir", str(results), "--run-id", "cut"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         "--results-dir", str(results), "--run-id", "cut", "--no-cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_in_a_terminal,
     )
     status = results / "cut" / "status.json"
     deadline = time.monotonic() + 120
