@@ -75,7 +75,7 @@ def test_a_partial_crop_cache_serves_whole_batches_then_the_loader_continues(syn
     count = len(evalset.instances)
     first = list(engine._crops(evalset, 7, options, CPU))  # calibration's crops: 7 of them, batches 4 + 3
     assert [len(i) for _, i in first] == [4, 3]
-    served = list(engine._crops(evalset, count, options, CPU))
+    served = list(engine._crops(evalset, count, options, CPU, keep=False))  # as the evaluation pass reads them
     fresh = list(NativeEngine(crop_cache_mb=0)._crops(evalset, count, options, CPU))
     assert [i.tolist() for _, i in served] == [i.tolist() for _, i in fresh]  # the same batches
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(served, fresh))
@@ -152,6 +152,22 @@ def test_first_maximum_from_torch_max_equals_numpys_argmax_on_tie_heavy_heatmaps
     assert np.array_equal(maxvals.numpy()[..., 0], flat.max(axis=2))
     assert torch.equal(torch.max(heatmaps.reshape(6, 17, -1), dim=2).indices,
                        torch.argmax(heatmaps.reshape(6, 17, -1), dim=2))  # the former way
+
+
+def test_first_maximum_and_flip_average_the_former_way_give_byte_identical_results_files(synth_root, tmp_path,
+                                                                                         monkeypatch):
+    evalset = open_dataset(synth_root)
+    options = RunOptions(5, 0, True)
+    model = tiny_hrnet(5)
+    (tmp_path / "now").mkdir()
+    (tmp_path / "former").mkdir()
+    now = NativeEngine().evaluate("fp32", model, evalset, CPU, str(tmp_path / "now"), options, StageTimer(CPU))
+    monkeypatch.setattr(inference, "first_max_index", lambda flat: torch.argmax(flat, dim=-1))
+    monkeypatch.setattr(inference, "average_flipped", lambda output, back, shift=True:
+                        (inference.shift_right(back) if shift else back).add_(output).mul_(0.5))
+    former = NativeEngine().evaluate("fp32", model, evalset, CPU, str(tmp_path / "former"), options, StageTimer(CPU))
+    assert now.stats == former.stats and np.array_equal(now.preds, former.preds)
+    assert _files(tmp_path / "now") == _files(tmp_path / "former") and len(_files(tmp_path / "now")) == 1
 
 
 @pytest.mark.parametrize("width", [1, 2, 48])

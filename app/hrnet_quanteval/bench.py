@@ -310,12 +310,7 @@ def run_bench(args, command: Sequence[str]) -> int:
                                                      fp32_alone=True, floors=name == "native"))
                 print(f"repetition {repetition + 1}/{args.repeat} done")
             summary = summarize(passes, count)
-            summary.update(
-                scale="small", arch=args.arch, instances=count, images=len(evalset.instances.evaluated_image_ids),
-                device=str(device), batch_size=args.batch_size, workers=args.workers, calibration_images=calibration,
-                peak_rss_mib=_peak_rss_mib(), command=list(command), torch_threads=torch.get_num_threads(),
-                gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
-            )
+            summary.update(scale="small", arch=args.arch, **_run_facts(args, command, device, evalset, calibration))
             code = 0
             if len(names) == 2:
                 summary["parity"] = _parity_on_the_run(passes)
@@ -349,12 +344,7 @@ def _run_coco_scale(args, command, device, names, adapter, options) -> int:
             floors.append(pipeline_floor(evalset, files))
             print(f"repetition {repetition + 1}/{args.repeat} done")
         summary = summarize_pipeline(passes, floors)
-        summary.update(
-            scale="coco", images=len(evalset.instances.evaluated_image_ids), instances=count, device=str(device),
-            batch_size=args.batch_size, workers=args.workers, calibration_images=calibration, dataset=root,
-            peak_rss_mib=_peak_rss_mib(), command=list(command), torch_threads=torch.get_num_threads(),
-            gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
-        )
+        summary.update(scale="coco", dataset=root, **_run_facts(args, command, device, evalset, calibration))
         code = 0
         if len(names) == 2:
             summary["parity"] = _parity_on_the_run(passes)
@@ -362,6 +352,16 @@ def _run_coco_scale(args, command, device, names, adapter, options) -> int:
         return _finish(run_dir, summary, format_pipeline(summary), code)
 
     return in_run_folder(args.results_dir, args.run_id, "bench-coco", work)
+
+
+def _run_facts(args, command: Sequence[str], device: torch.device, evalset: EvalSet, calibration: int) -> Dict[str, object]:
+    """What bench.json records about the run at either scale: the set, the settings, memory and threads."""
+    return dict(
+        images=len(evalset.instances.evaluated_image_ids), instances=len(evalset.instances), device=str(device),
+        batch_size=args.batch_size, workers=args.workers, calibration_images=calibration,
+        peak_rss_mib=_peak_rss_mib(), command=list(command), torch_threads=torch.get_num_threads(),
+        gomp_spincount=os.environ.get("GOMP_SPINCOUNT"),
+    )
 
 
 def summarize_pipeline(passes: Dict[str, List[Dict[str, object]]], floors: List[Dict[str, float]]) -> Dict[str, object]:

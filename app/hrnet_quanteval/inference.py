@@ -119,13 +119,17 @@ def flip_test(model: nn.Module, inputs: torch.Tensor, flip: bool = True, shift: 
     return averaged
 
 
+def first_max_index(flat: torch.Tensor) -> torch.Tensor:
+    """Index of the first maximum along the last axis, like numpy's argmax: ``torch.max``'s indices are
+    documented as the first too, and on the CPU it is about three times faster than ``torch.argmax`` here."""
+    return torch.max(flat, dim=-1).indices
+
+
 def max_preds(heatmaps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per joint: (x, y) of the first maximum in row-major order, (0, 0) when the max is <= 0; and the max."""
     batch, joints, _, width = heatmaps.shape
     flat = heatmaps.reshape(batch, joints, -1)
-    # the first maximal index, like numpy's argmax (documented for torch.max too, and on the CPU about three
-    # times faster than torch.argmax here)
-    index = torch.max(flat, dim=2).indices
+    index = first_max_index(flat)
     maxvals = torch.amax(flat, dim=2, keepdim=True)
     x = torch.remainder(index, width).to(torch.float32)
     y = torch.div(index, width, rounding_mode="floor").to(torch.float32)

@@ -46,9 +46,11 @@ class NativeEngine(Engine):
         the loaders) for nothing. The store is sized for what is kept (pinned memory on CUDA is taken whole)."""
         key = evalset.annotation_file
         cache = self._caches.get(key)
-        wanted = min(count * CROP_BYTES, self.crop_cache_mb * 2**20) if keep else 0
-        if cache is None or (cache.capacity * CROP_BYTES < wanted and cache.prefix(count) == 0):
-            cache = self._caches[key] = CropCache(len(evalset.instances), wanted, pin_memory=device.type == "cuda")
+        budget = min(count * CROP_BYTES, self.crop_cache_mb * 2**20)
+        if keep and (cache is None or cache.capacity * CROP_BYTES < budget):
+            cache = self._caches[key] = CropCache(len(evalset.instances), budget, pin_memory=device.type == "cuda")
+        elif cache is None:
+            cache = CropCache(len(evalset.instances), 0)  # nothing kept, nothing to read
         size = options.batch_size
         cached = cache.prefix(count)
         start = count if cached == count else cached // size * size
